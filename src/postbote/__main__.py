@@ -1,0 +1,3 @@
+from postbote.cli import main
+
+raise SystemExit(main())

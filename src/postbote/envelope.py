@@ -1,0 +1,55 @@
+"""The envelope: what SMTP said about a message besides its content.
+
+It travels with the body from the SMTP session through the spool to delivery, and is
+serialised as JSON inside spool records and queue rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One forward-path with its RFC 3461 DSN parameters."""
+
+    address: str  # canonical text form, e.g. 'user@example.org'
+    notify: tuple[str, ...] | None = None  # ("NEVER",) or subset of SUCCESS/FAILURE/DELAY
+    orcpt: str | None = None  # "addr-type;address", xtext-decoded (RFC 3461 §4.2)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Sender, recipients and the transaction parameters of one accepted message."""
+
+    id: str  # spool/queue id, unique across restarts and nodes
+    sender: str  # "" for the null reverse-path <>
+    recipients: tuple[Recipient, ...]
+    received_at: float  # UNIX time of acceptance
+    body_type: str | None = None  # "7BIT" | "8BITMIME" | None (RFC 6152)
+    smtputf8: bool = False  # RFC 6531
+    ret: str | None = None  # "FULL" | "HDRS" (RFC 3461 §4.3)
+    envid: str | None = None  # RFC 3461 §4.4, xtext-decoded
+    client_ip: str = ""
+    helo: str = ""
+    tls: bool = False
+    auth: str | None = None  # authenticated identity, if any
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Envelope:
+        raw: dict[str, Any] = json.loads(data)
+        rcpts = tuple(
+            Recipient(
+                address=r["address"],
+                notify=tuple(r["notify"]) if r.get("notify") is not None else None,
+                orcpt=r.get("orcpt"),
+            )
+            for r in raw.pop("recipients")
+        )
+        return cls(recipients=rcpts, **raw)

@@ -1,0 +1,320 @@
+"""asyncio glue for the SMTP server core: listeners, TLS, timers, limits.
+
+Thin on purpose: bytes go into ``ServerConnection``, events come out and are answered
+by a ``SmtpBackend`` (policy and spool live there, not here). One ``SmtpSession``
+(an ``asyncio.Protocol``) per connection; one ``SmtpServer`` per listener kind owns the
+connection counts and the graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from postbote.smtp import replies as R
+from postbote.smtp.events import (
+    NEED_DATA,
+    PAUSED,
+    AuthRequested,
+    AuthResponse,
+    ConnectionClosed,
+    Hello,
+    MailFrom,
+    MessageComplete,
+    RcptTo,
+    StartTlsRequested,
+)
+from postbote.smtp.protocol import ServerConnection, ServerSettings
+from postbote.smtp.replies import Reply
+
+log = logging.getLogger("postbote.smtp")
+
+# Stop reading from a client that pipelines more than this while we decide.
+_READ_HIGH_WATER = 256 * 1024
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What the backend may know about the client of one session."""
+
+    listener: str  # "smtp" | "submission" | "submissions"
+    client_ip: str
+    client_port: int
+    helo: str = ""
+    tls: bool = False
+    authenticated: str | None = None
+    esmtp: bool = False
+
+
+class SmtpBackend(Protocol):
+    """Decisions for the SMTP glue. The sync hooks run on the event loop and must be
+    quick (memory lookups); ``deliver`` may await storage.
+
+    Each hook returns None to accept, or the Reply to refuse with."""
+
+    def check_mail(self, info: SessionInfo, event: MailFrom) -> Reply | None: ...
+
+    def check_rcpt(self, info: SessionInfo, event: RcptTo) -> Reply | None: ...
+
+    def deliver(self, info: SessionInfo, conn: ServerConnection, body: bytes) -> Awaitable[Reply]:
+        """Durably accept the message of the current transaction (``conn.sender``,
+        ``conn.mail_params``, ``conn.recipients``) and return the 250 reply, or return
+        a 4xx/5xx reply. Must not return a 2xx before the message is on stable storage."""
+        ...
+
+
+class SmtpServer:
+    """All sessions of one listener kind; owns the connection limits."""
+
+    def __init__(
+        self,
+        kind: str,
+        settings: ServerSettings,
+        backend: SmtpBackend,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        implicit_tls: bool,
+        max_connections: int,
+        max_connections_per_ip: int,
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.backend = backend
+        self.ssl_context = ssl_context
+        self.implicit_tls = implicit_tls
+        self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.sessions: set[SmtpSession] = set()
+        self.per_ip: dict[str, int] = {}
+        self.shutting_down = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def protocol_factory(self) -> SmtpSession:
+        return SmtpSession(self)
+
+    def register(self, session: SmtpSession, ip: str) -> Reply | None:
+        """Count a new connection; return a refusal if a limit is reached."""
+        if self.shutting_down:
+            return R.C421_SHUTTING_DOWN
+        if len(self.sessions) >= self.max_connections:
+            return R.C421_TOO_MANY_CONNECTIONS
+        n = self.per_ip.get(ip, 0)
+        if n >= self.max_connections_per_ip:
+            return R.C421_TOO_MANY_CONNECTIONS
+        self.per_ip[ip] = n + 1
+        self.sessions.add(session)
+        self._idle.clear()
+        return None
+
+    def unregister(self, session: SmtpSession, ip: str) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            n = self.per_ip.get(ip, 1) - 1
+            if n:
+                self.per_ip[ip] = n
+            else:
+                self.per_ip.pop(ip, None)
+        if not self.sessions:
+            self._idle.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop sessions: idle ones now, the rest after their transaction or ``grace``."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.start_shutdown()
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            for session in list(self.sessions):
+                session.abort()
+
+
+class SmtpSession(asyncio.Protocol):
+    """One SMTP connection: feeds the core, answers its events, writes its bytes."""
+
+    __slots__ = ("_closing", "_timer", "conn", "info", "loop", "server", "transport")
+
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: ServerConnection | None = None
+        self.info: SessionInfo | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        server = self.server
+        self.info = SessionInfo(server.kind, str(peer[0]), int(peer[1]), tls=server.implicit_tls)
+        self.conn = conn = ServerConnection(server.settings, self.loop.time())
+        refusal = server.register(self, self.info.client_ip)
+        if refusal is not None:
+            conn.refuse(refusal)
+            transport.write(conn.data_to_send())
+            self._closing = True
+            transport.close()
+            return
+        conn.greeting()
+        transport.write(conn.data_to_send())
+        self._arm_timer()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        conn.receive_data(data, self.loop.time())
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            self.conn.receive_eof()
+        self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.info is not None:
+            self.server.unregister(self, self.info.client_ip)
+
+    # -- event pump --------------------------------------------------------------
+
+    def _pump(self) -> None:
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None:
+            return
+        info = self.info
+        assert info is not None
+        backend = self.server.backend
+        while not self._closing:
+            ev = conn.next_event()
+            if ev is NEED_DATA or ev is PAUSED:
+                break
+            if type(ev) is RcptTo:
+                refusal = backend.check_rcpt(info, ev)
+                conn.accept() if refusal is None else conn.reject(refusal)
+            elif type(ev) is MailFrom:
+                refusal = backend.check_mail(info, ev)
+                conn.accept() if refusal is None else conn.reject(refusal)
+            elif type(ev) is Hello:
+                info.helo = ev.name
+                info.esmtp = ev.verb == "EHLO"
+                conn.accept()
+            elif type(ev) is MessageComplete:
+                self._flush()
+                self.loop.create_task(self._deliver(ev.body))
+                break
+            elif type(ev) is StartTlsRequested:
+                if self.server.ssl_context is None:
+                    conn.reject(R.C454_TLS_UNAVAILABLE)
+                    continue
+                conn.accept()
+                self._flush()
+                self.loop.create_task(self._start_tls())
+                break
+            elif type(ev) in (AuthRequested, AuthResponse):
+                conn.reject(R.C502_NOT_IMPLEMENTED)  # the accounts issue fills this hook
+            elif type(ev) is ConnectionClosed:
+                self._flush()
+                self._closing = True
+                transport.close()
+                return
+        self._flush()
+        # Backpressure: stop reading while a decision is pending and input piles up.
+        if conn.buffered > _READ_HIGH_WATER:
+            transport.pause_reading()
+        elif transport.is_reading() is False:
+            transport.resume_reading()
+
+    def _flush(self) -> None:
+        assert self.conn is not None and self.transport is not None
+        out = self.conn.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    async def _deliver(self, body: bytes) -> None:
+        conn, info = self.conn, self.info
+        assert conn is not None and info is not None
+        try:
+            reply = await self.server.backend.deliver(info, conn, body)
+        except Exception:
+            log.exception("delivery to the spool failed")
+            reply = R.C451_LOCAL_ERROR
+        if conn.closed:
+            return  # the client went away; the message is spooled or not, as decided
+        if reply.code < 400:
+            conn.accept(reply)
+        else:
+            conn.reject(reply)
+        self._pump()
+
+    async def _start_tls(self) -> None:
+        conn, transport, ctx = self.conn, self.transport, self.server.ssl_context
+        assert conn is not None and transport is not None and ctx is not None
+        try:
+            new_transport = await self.loop.start_tls(
+                transport, self, ctx, server_side=True, ssl_handshake_timeout=30.0
+            )
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.info and self.info.client_ip, exc)
+            self.abort()
+            return
+        if new_transport is None:  # pragma: no cover - closed during the handshake
+            self.abort()
+            return
+        self.transport = new_transport
+        conn.tls_established()
+        if self.info is not None:
+            self.info.tls = True
+            self.info.authenticated = None
+            self.info.helo = ""
+        self._pump()
+
+    # -- timers and shutdown -----------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        deadline = conn.get_timer()
+        # While a decision is pending (no core timer), check again later.
+        when = deadline if deadline is not None else self.loop.time() + 60.0
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if conn is None or self._closing:
+            return
+        conn.handle_timer(self.loop.time())
+        if conn.closed:
+            self._pump()
+            if not self._closing and self.transport is not None:
+                self._closing = True
+                self.transport.close()
+            return
+        self._arm_timer()
+
+    def start_shutdown(self) -> None:
+        if self.conn is not None and not self._closing:
+            self.conn.start_shutdown()
+            self._pump()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,707 @@
+"""The embedded store: domains, users, aliases and the outbound queue in one SQLite file.
+
+Owns the schema and its migrations, the normal form of addresses and domains in the
+directory, the in-memory snapshot that answers ``is_local_domain``/``resolve`` on the event
+loop, and the queue rows with their body files in ``queue_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from postbote import passwords
+from postbote.envelope import Envelope
+from postbote.errors import AlreadyExists, NotFound, StoreError
+from postbote.passwords import ScramKeys
+from postbote.store.interfaces import QueueEntry, Resolution
+
+_log = logging.getLogger(__name__)
+
+MAX_ALIAS_DEPTH = 10
+POSTMASTER = "postmaster"
+
+# Whitespace, C0/C1 controls and lone surrogates (undecodable input), and the path brackets.
+_BAD_IN_ADDRESS = re.compile(r"[\s<>\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_IN_DOMAIN = re.compile(r"[\s<>@/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Queue ids become file names in queue_dir: no separators, no leading dot.
+_QUEUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+
+def _version_triggers() -> tuple[str, ...]:
+    """Triggers that bump directory_version on every change the snapshot depends on.
+
+    ``PRAGMA data_version`` changes on any commit, queue writes included; this counter says
+    whether the directory itself changed, so the snapshot is reloaded only then.
+    """
+    watched = {"domains": "name", "users": "address, domain", "aliases": "alias, domain, target"}
+    return tuple(
+        f"CREATE TRIGGER {table}_{event.split()[0].lower()}_bump AFTER {event} ON {table} "
+        "BEGIN UPDATE directory_version SET version = version + 1; END"
+        for table, columns in watched.items()
+        for event in ("INSERT", "DELETE", f"UPDATE OF {columns}")
+    )
+
+
+# Migration n (1-based) brings PRAGMA user_version from n-1 to n. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE domains (name TEXT PRIMARY KEY, created REAL NOT NULL)",
+        # Deleting a domain that still has users or aliases is refused by remove_domain;
+        # RESTRICT makes the database refuse it too.
+        """CREATE TABLE users (
+            address TEXT PRIMARY KEY,
+            domain TEXT NOT NULL REFERENCES domains(name) ON DELETE RESTRICT,
+            password_hash TEXT NOT NULL,
+            scram_salt BLOB NOT NULL,
+            scram_iterations INTEGER NOT NULL,
+            scram_stored_key BLOB NOT NULL,
+            scram_server_key BLOB NOT NULL,
+            created REAL NOT NULL)""",
+        "CREATE INDEX users_by_domain ON users(domain)",
+        """CREATE TABLE aliases (
+            alias TEXT NOT NULL,
+            domain TEXT NOT NULL REFERENCES domains(name) ON DELETE RESTRICT,
+            target TEXT NOT NULL,
+            created REAL NOT NULL,
+            PRIMARY KEY (alias, target))""",
+        "CREATE INDEX aliases_by_domain ON aliases(domain)",
+        """CREATE TABLE sender_grants (
+            address TEXT NOT NULL REFERENCES users(address) ON DELETE CASCADE,
+            pattern TEXT NOT NULL,
+            PRIMARY KEY (address, pattern))""",
+        """CREATE TABLE queue_messages (
+            id TEXT PRIMARY KEY,
+            sender TEXT NOT NULL,
+            envelope_json TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created REAL NOT NULL,
+            body_path TEXT NOT NULL)""",
+        """CREATE TABLE queue_recipients (
+            message_id TEXT NOT NULL REFERENCES queue_messages(id) ON DELETE CASCADE,
+            recipient TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL,
+            last_reply TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (message_id, recipient))""",
+        "CREATE INDEX queue_recipients_due ON queue_recipients(state, next_attempt)",
+        """CREATE TABLE directory_version (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL)""",
+        "INSERT INTO directory_version (id, version) VALUES (1, 0)",
+        *_version_triggers(),
+    ),
+)
+
+
+# --- normal forms ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def normalize_domain(domain: str) -> str:
+    """Lower-case, strip one trailing dot, U-labels to A-labels; StoreError if invalid."""
+    name = domain.lower().removesuffix(".")
+    # RFC 5890 §2.3.2.1: compare domains in their A-label form. A name the codec refuses
+    # (a label over 63 octets, say) stays lower-cased.
+    with contextlib.suppress(UnicodeError):
+        name = name.encode("idna").decode("ascii")
+    # Checked after encoding: nameprep maps e.g. U+FF0F FULLWIDTH SOLIDUS to "/".
+    if (
+        "" in name.split(".")
+        or _BAD_IN_DOMAIN.search(name)
+        or len(name.encode("utf-8", "surrogatepass")) > 255  # RFC 5321 §4.5.3.1.2
+    ):
+        raise StoreError(f"invalid domain: {domain!r}")
+    return name
+
+
+def _split(address: str) -> tuple[str, str]:
+    """Return (local part as given, normalised domain); StoreError if invalid."""
+    local, at, domain = address.partition("@")
+    if (
+        not at
+        or not local
+        or "@" in domain
+        or _BAD_IN_ADDRESS.search(local)
+        or len(local.encode()) > 64  # RFC 5321 §4.5.3.1.1
+    ):
+        raise StoreError(f"invalid address: {address!r}")
+    try:
+        return local, normalize_domain(domain)
+    except StoreError:
+        raise StoreError(f"invalid address: {address!r}") from None
+
+
+def normalize_address(address: str) -> str:
+    """The directory's form of an address: 'local@domain', both lower-case, A-labels."""
+    local, domain = _split(address)
+    # The destination host decides how its local parts compare (RFC 5321 §2.4): ours are
+    # case-insensitive, UTF-8 allowed (RFC 6531).
+    return f"{local.lower()}@{domain}"
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+
+
+# --- the snapshot used by lookups ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    version: int
+    domains: frozenset[str]
+    users: frozenset[str]
+    aliases: dict[str, tuple[str, ...]]
+
+
+@dataclass(slots=True)
+class _Expansion:
+    mailboxes: dict[str, None] = field(default_factory=dict)  # ordered set
+    remote: dict[str, None] = field(default_factory=dict)
+
+
+def _load_snapshot(conn: sqlite3.Connection, old: _Snapshot | None) -> _Snapshot:
+    conn.execute("BEGIN")  # one read transaction: a consistent picture
+    try:
+        (version,) = conn.execute("SELECT version FROM directory_version").fetchone()
+        if old is not None and old.version == version:
+            return old
+        aliases: dict[str, list[str]] = {}
+        for alias, target in conn.execute("SELECT alias, target FROM aliases ORDER BY 1, 2"):
+            aliases.setdefault(alias, []).append(target)
+        return _Snapshot(
+            version=version,
+            domains=frozenset(r[0] for r in conn.execute("SELECT name FROM domains")),
+            users=frozenset(r[0] for r in conn.execute("SELECT address FROM users")),
+            aliases={alias: tuple(targets) for alias, targets in aliases.items()},
+        )
+    finally:
+        conn.execute("COMMIT")
+
+
+def _resolve_local(snap: _Snapshot, addr: str, depth: int, seen: set[str], out: _Expansion) -> bool:
+    """Resolve a normalised address in a local domain into ``out``; False if nothing."""
+    if _resolve_direct(snap, addr, depth, seen, out):
+        return True
+    local, _, domain = addr.rpartition("@")
+    # RFC 5233 §1: "user+detail" is delivered to "user" (the detail follows the first "+").
+    base = local.split("+", 1)[0]
+    if base and base != local and _resolve_direct(snap, f"{base}@{domain}", depth, seen, out):
+        return True
+    if local == POSTMASTER:  # RFC 5321 §4.5.1: postmaster must always be accepted
+        out.mailboxes[addr] = None
+        return True
+    return False
+
+
+def _resolve_direct(
+    snap: _Snapshot, addr: str, depth: int, seen: set[str], out: _Expansion
+) -> bool:
+    """A user, or an alias expanded recursively (cycle-safe, depth-limited)."""
+    if addr in snap.users:
+        out.mailboxes[addr] = None
+        return True
+    targets = snap.aliases.get(addr)
+    if targets is None or addr in seen or depth >= MAX_ALIAS_DEPTH:
+        return False
+    seen.add(addr)
+    found = False
+    for target in targets:
+        local, _, domain = target.rpartition("@")
+        if domain in snap.domains:
+            found |= _resolve_local(snap, f"{local.lower()}@{domain}", depth + 1, seen, out)
+        else:
+            out.remote[target] = None
+            found = True
+    return found
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """Directory and QueueStore on one SQLite file (WAL mode) plus body files in ``queue_dir``.
+
+    Driven by: lookups on the event loop (``is_local_domain``, ``resolve``), answered from an
+    in-memory snapshot; mutations, password checks and queue calls from executor threads and
+    the CLI; and commits by other processes on the same file, noticed through
+    ``PRAGMA data_version`` on the next lookup. It holds two connections, each behind its own
+    lock: one for everything but the snapshot, one only to refresh the snapshot, so a slow
+    commit never holds up a lookup. Slow password hashing runs outside both locks.
+    """
+
+    def __init__(self, db_path: Path, queue_dir: Path) -> None:
+        self._db_path = Path(db_path)
+        self._queue_dir = Path(queue_dir)
+        self._lock = threading.Lock()  # guards self._conn
+        self._snap_lock = threading.Lock()  # guards self._snap_conn, self._snap, _data_version
+        try:
+            _make_private_dir(self._db_path.parent)
+            _make_private_dir(self._queue_dir)
+            # The file holds password hashes: create it 0600 before SQLite opens it; SQLite
+            # gives the -wal and -shm files the same mode.
+            os.close(os.open(self._db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            with contextlib.ExitStack() as undo:
+                self._conn = self._connect()
+                undo.callback(self._conn.close)
+                self._migrate()
+                self._snap_conn = self._connect()
+                undo.callback(self._snap_conn.close)
+                self._snap_conn.execute("PRAGMA query_only = ON")
+                row = self._snap_conn.execute("PRAGMA data_version").fetchone()
+                self._data_version: int = row[0]
+                self._snap = _load_snapshot(self._snap_conn, None)
+                undo.pop_all()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open store {self._db_path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._db_path, timeout=5.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _migrate(self) -> None:
+        with self._transaction() as conn:
+            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            if current > len(MIGRATIONS):
+                raise StoreError(
+                    f"database schema version {current} is newer than this postbote "
+                    f"({len(MIGRATIONS)})"
+                )
+            for number, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    def close(self) -> None:
+        with self._lock, self._snap_lock:
+            self._conn.close()
+            self._snap_conn.close()
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _query(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"database error: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; BEGIN IMMEDIATE takes the write lock up front (no upgrade
+        deadlock between processes; busy_timeout waits for the other writer)."""
+        with self._query() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    # --- lookups (hot path) ------------------------------------------------------------------
+
+    def _snapshot(self) -> _Snapshot:
+        with self._snap_lock:
+            try:
+                (version,) = self._snap_conn.execute("PRAGMA data_version").fetchone()
+                if version != self._data_version:
+                    self._snap = _load_snapshot(self._snap_conn, self._snap)
+                    self._data_version = version
+            except sqlite3.ProgrammingError as exc:
+                raise StoreError(f"store is closed: {exc}") from exc
+            except sqlite3.Error as exc:
+                # Keep answering from the last snapshot; the next call tries again.
+                _log.warning("directory refresh failed, using the previous snapshot: %s", exc)
+            return self._snap
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            name = normalize_domain(domain)
+        except StoreError:
+            return False
+        return name in self._snapshot().domains
+
+    def resolve(self, address: str) -> Resolution | None:
+        """Where mail for ``address`` goes: user, alias expansion, +tag, postmaster."""
+        try:
+            addr = normalize_address(address)
+        except StoreError:
+            return None
+        snap = self._snapshot()
+        if _domain_of(addr) not in snap.domains:
+            return None
+        out = _Expansion()
+        if not _resolve_local(snap, addr, 0, set(), out):
+            return None
+        return Resolution(mailboxes=tuple(out.mailboxes), remote=tuple(out.remote))
+
+    # --- domains -----------------------------------------------------------------------------
+
+    def add_domain(self, domain: str) -> None:
+        name = normalize_domain(domain)
+        with self._transaction() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO domains (name, created) VALUES (?, ?)", (name, time.time())
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"domain {name} exists already") from None
+
+    def remove_domain(self, domain: str) -> None:
+        name = normalize_domain(domain)
+        with self._transaction() as conn:
+            if _first(conn, _DOMAIN, name) is None:
+                raise NotFound(f"no such domain: {name}")
+            users = _first(conn, "SELECT count(*) FROM users WHERE domain = ?", name)
+            aliases = _first(conn, "SELECT count(DISTINCT alias) FROM aliases WHERE domain=?", name)
+            if users or aliases:
+                raise StoreError(
+                    f"domain {name} still has {_plural(users, 'user')} and "
+                    f"{_plural(aliases, 'alias')}; remove them first"
+                )
+            conn.execute("DELETE FROM domains WHERE name = ?", (name,))
+
+    def list_domains(self) -> list[str]:
+        with self._query() as conn:
+            return sorted(r[0] for r in conn.execute("SELECT name FROM domains"))
+
+    # --- users -------------------------------------------------------------------------------
+
+    def _check_new_user(self, conn: sqlite3.Connection, addr: str) -> None:
+        domain = _domain_of(addr)
+        if _first(conn, _DOMAIN, domain) is None:
+            raise StoreError(f"{domain} is not a local domain")
+        if _first(conn, _USER, addr):
+            raise AlreadyExists(f"user {addr} exists already")
+        if _first(conn, _ALIAS, addr):
+            raise StoreError(f"{addr} is an alias; remove the alias first")
+
+    def add_user(self, address: str, password: str) -> None:
+        addr = normalize_address(address)
+        with self._query() as conn:  # fail fast, before the slow hashing
+            self._check_new_user(conn, addr)
+        pw_hash, keys = _credentials(password)
+        with self._transaction() as conn:
+            self._check_new_user(conn, addr)
+            conn.execute(
+                "INSERT INTO users (address, domain, password_hash, scram_salt, scram_iterations,"
+                " scram_stored_key, scram_server_key, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    addr,
+                    _domain_of(addr),
+                    pw_hash,
+                    keys.salt,
+                    keys.iterations,
+                    keys.stored_key,
+                    keys.server_key,
+                    time.time(),
+                ),
+            )
+
+    def remove_user(self, address: str) -> None:
+        addr = normalize_address(address)
+        with self._transaction() as conn:
+            if conn.execute("DELETE FROM users WHERE address = ?", (addr,)).rowcount == 0:
+                raise NotFound(f"no such user: {addr}")
+
+    def set_password(self, address: str, password: str) -> None:
+        addr = normalize_address(address)
+        with self._query() as conn:
+            if _first(conn, _USER, addr) is None:
+                raise NotFound(f"no such user: {addr}")
+        pw_hash, keys = _credentials(password)
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE users SET password_hash = ?, scram_salt = ?, scram_iterations = ?,"
+                " scram_stored_key = ?, scram_server_key = ? WHERE address = ?",
+                (pw_hash, keys.salt, keys.iterations, keys.stored_key, keys.server_key, addr),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no such user: {addr}")
+
+    def list_users(self, domain: str | None = None) -> list[str]:
+        name = None if domain is None else normalize_domain(domain)
+        with self._query() as conn:
+            if name is None:
+                rows = conn.execute("SELECT address FROM users").fetchall()
+            else:
+                if _first(conn, _DOMAIN, name) is None:
+                    raise NotFound(f"no such domain: {name}")
+                rows = conn.execute(
+                    "SELECT address FROM users WHERE domain = ?", (name,)
+                ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def _password_hash(self, address: str) -> tuple[str, str] | None:
+        try:
+            addr = normalize_address(address)
+        except StoreError:
+            return None
+        with self._query() as conn:
+            row = conn.execute(
+                "SELECT password_hash FROM users WHERE address = ?", (addr,)
+            ).fetchone()
+        return None if row is None else (addr, row[0])
+
+    def verify_password(self, address: str, password: str) -> bool:
+        """Check a login. An unknown user costs one Argon2 verification too (DUMMY_HASH), so
+        the time taken does not reveal whether the account exists."""
+        found = self._password_hash(address)
+        if found is None:
+            passwords.verify_password(passwords.DUMMY_HASH, password)
+            return False
+        addr, stored = found
+        if not passwords.verify_password(stored, password):
+            return False
+        if passwords.needs_rehash(stored):
+            self._rehash(addr, stored, password)
+        return True
+
+    def _rehash(self, addr: str, old_hash: str, password: str) -> None:
+        """Upgrade a hash made with older parameters, unless the password changed meanwhile."""
+        new_hash = passwords.hash_password(password)
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "UPDATE users SET password_hash = ? WHERE address = ? AND password_hash = ?",
+                    (new_hash, addr, old_hash),
+                )
+        except StoreError as exc:
+            _log.warning("could not upgrade the password hash of %s: %s", addr, exc)
+
+    def scram_credentials(self, address: str) -> ScramKeys | None:
+        """The stored SCRAM-SHA-256 keys of a user (RFC 5802 §3), or None if no such user."""
+        try:
+            addr = normalize_address(address)
+        except StoreError:
+            return None
+        with self._query() as conn:
+            row = conn.execute(
+                "SELECT scram_salt, scram_iterations, scram_stored_key, scram_server_key"
+                " FROM users WHERE address = ?",
+                (addr,),
+            ).fetchone()
+        return None if row is None else ScramKeys(*row)
+
+    # --- aliases -----------------------------------------------------------------------------
+
+    def _target_form(self, conn: sqlite3.Connection, target: str) -> str:
+        """Targets keep their local part's case unless their domain is ours (RFC 5321 §2.4:
+        only the destination host may treat a local part as case-insensitive)."""
+        local, domain = _split(target)
+        if _first(conn, _DOMAIN, domain):
+            local = local.lower()
+        return f"{local}@{domain}"
+
+    def add_alias(self, alias: str, targets: Sequence[str]) -> None:
+        name = normalize_address(alias)
+        domain = _domain_of(name)
+        targets = _as_tuple(targets)
+        if not targets:
+            raise StoreError(f"alias {name} needs at least one target")
+        with self._transaction() as conn:
+            if _first(conn, _DOMAIN, domain) is None:
+                raise StoreError(f"{domain} is not a local domain")
+            if _first(conn, _USER, name):
+                raise StoreError(f"{name} is a user; an alias cannot have the same address")
+            forms = [self._target_form(conn, t) for t in targets]
+            if name in forms:
+                raise StoreError(f"alias {name} cannot point to itself")
+            now = time.time()
+            conn.executemany(
+                "INSERT OR IGNORE INTO aliases (alias, domain, target, created) VALUES (?,?,?,?)",
+                [(name, domain, form, now) for form in forms],
+            )
+
+    def remove_alias(self, alias: str, targets: Sequence[str] = ()) -> None:
+        name = normalize_address(alias)
+        targets = _as_tuple(targets)
+        with self._transaction() as conn:
+            if not targets:
+                cur = conn.execute("DELETE FROM aliases WHERE alias = ?", (name,))
+            else:
+                forms = [(name, self._target_form(conn, t)) for t in targets]
+                cur = conn.executemany("DELETE FROM aliases WHERE alias = ? AND target = ?", forms)
+            if cur.rowcount <= 0:
+                what = "alias" if not targets else "target of alias"
+                raise NotFound(f"no such {what}: {name}")
+
+    def list_aliases(self) -> list[tuple[str, list[str]]]:
+        with self._query() as conn:
+            rows = conn.execute("SELECT alias, target FROM aliases").fetchall()
+        grouped: dict[str, list[str]] = {}
+        for alias, target in rows:
+            grouped.setdefault(alias, []).append(target)
+        return [(alias, sorted(grouped[alias])) for alias in sorted(grouped)]
+
+    # --- queue -------------------------------------------------------------------------------
+
+    def enqueue(self, envelope: Envelope, body: bytes, recipients: Sequence[str]) -> None:
+        """Queue ``body`` for ``recipients``; durable on return, idempotent per (id, recipient).
+
+        The body file is written and fsynced (with its directory) before its row commits, so
+        a row always has its body; a known id does not get its body rewritten. Creation time
+        and first attempt are ``envelope.received_at``. Empty ``recipients`` queue nothing.
+        """
+        msg_id = _check_queue_id(envelope.id)
+        rcpts = _as_tuple(recipients)
+        for rcpt in rcpts:
+            if not rcpt or _CONTROL.search(rcpt):  # CR/LF would let a recipient smuggle commands
+                raise StoreError(f"invalid recipient: {rcpt!r}")
+        if not rcpts:
+            return
+        body_name = f"{msg_id}.eml"
+        with self._query() as conn:
+            wrote = _first(conn, _QUEUED, msg_id) is None
+        if wrote:
+            self._write_body(body_name, body)
+        while True:
+            with self._transaction() as conn:
+                # Checked again under the write lock: the row may have gone meanwhile.
+                if wrote or _first(conn, _QUEUED, msg_id) is not None:
+                    self._insert_queued(conn, envelope, len(body), body_name, rcpts)
+                    return
+            self._write_body(body_name, body)
+            wrote = True
+
+    @staticmethod
+    def _insert_queued(
+        conn: sqlite3.Connection, env: Envelope, size: int, body_name: str, rcpts: Sequence[str]
+    ) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO queue_messages (id, sender, envelope_json, size, created,"
+            " body_path) VALUES (?, ?, ?, ?, ?, ?)",
+            (env.id, env.sender, env.to_json().decode(), size, env.received_at, body_name),
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO queue_recipients (message_id, recipient, state, attempts,"
+            " next_attempt, last_reply) VALUES (?, ?, 'queued', 0, ?, '')",
+            [(env.id, rcpt, env.received_at) for rcpt in rcpts],
+        )
+
+    def _write_body(self, name: str, body: bytes) -> None:
+        """Write tmp, fsync, rename, fsync the directory: the file is whole or absent."""
+        final = self._queue_dir / name
+        tmp = self._queue_dir / f".{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(self._queue_dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write queue file {final}: {exc.strerror}") from exc
+
+    def list_queue(self) -> list[QueueEntry]:
+        with self._query() as conn:
+            rows = conn.execute(
+                "SELECT r.message_id, r.recipient, m.sender, r.state, r.attempts,"
+                " r.next_attempt, r.last_reply, m.size, m.created"
+                " FROM queue_recipients AS r JOIN queue_messages AS m ON m.id = r.message_id"
+                " ORDER BY m.created, r.recipient, r.message_id"
+            ).fetchall()
+        return [QueueEntry(*row) for row in rows]
+
+    def queued_body(self, message_id: str) -> bytes:
+        with self._query() as conn:
+            row = conn.execute(
+                "SELECT body_path FROM queue_messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no queued message {message_id!r}")
+        path: str = row[0]
+        try:
+            return (self._queue_dir / path).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read body of queued message {message_id}: {exc}") from exc
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+_DOMAIN = "SELECT 1 FROM domains WHERE name = ?"
+_USER = "SELECT 1 FROM users WHERE address = ?"
+_ALIAS = "SELECT 1 FROM aliases WHERE alias = ?"
+_QUEUED = "SELECT 1 FROM queue_messages WHERE id = ?"
+
+
+def _first(conn: sqlite3.Connection, sql: str, *args: object) -> Any:
+    """The first column of the first row, or None if there is no row."""
+    row = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]
+
+
+def _credentials(password: str) -> tuple[str, ScramKeys]:
+    """Argon2id hash and SCRAM keys of a new password (slow: call outside the locks)."""
+    if not password:
+        raise StoreError("empty password")
+    try:
+        return passwords.hash_password(password), passwords.scram_keys(password)
+    except UnicodeError:
+        raise StoreError("password is not valid Unicode text") from None
+
+
+def _as_tuple(addresses: Sequence[str]) -> tuple[str, ...]:
+    """A bare str is one address, not a sequence of one-character addresses."""
+    return (addresses,) if isinstance(addresses, str) else tuple(addresses)
+
+
+def _check_queue_id(message_id: str) -> str:
+    if not _QUEUE_ID.fullmatch(message_id):
+        raise StoreError(f"invalid queue id: {message_id!r}")
+    return message_id
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` (0700) if it is missing; an existing directory is left as it is."""
+    if not path.is_dir():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is filtered by the umask
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

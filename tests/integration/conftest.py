@@ -1,0 +1,173 @@
+"""Real postbote processes on loopback, driven by real clients.
+
+``postbote_server`` starts ``python -m postbote serve`` on ephemeral ports of
+127.0.0.1 with its own data_dir and waits for its ``postbote: ready`` line (no sleeps).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from postbote.cli import main as cli_main
+
+READY_RE = re.compile(r"postbote: ready (.*)")
+DOMAIN = "example.test"
+PASSWORD = "correct horse battery staple"
+
+
+def require_tool(name: str, path: str | None = None) -> str:
+    """The path of a Debian tool the test needs; in CI a missing tool is a failure."""
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed (test.sh installs it)")
+    pytest.skip(f"{name} is not installed; run ./test.sh to install it")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll a condition with a deadline (file-system effects have no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class ServerProcess:
+    def __init__(self, root: Path, extra_config: str = "", listen: dict[str, int] | None = None):
+        self.root = root
+        self.data_dir = root / "data"
+        self.config_path = root / "postbote.toml"
+        listen = listen or {"smtp": 0, "submission": 0, "submissions": 0}
+        listen_lines = "\n".join(f'{k} = ["127.0.0.1:{v}"]' for k, v in listen.items())
+        self.config_path.write_text(
+            f'hostname = "mx.{DOMAIN}"\n'
+            f'data_dir = "{self.data_dir}"\n'
+            f"{extra_config}\n"
+            f"[listen]\n{listen_lines}\n"
+        )
+        self.proc: subprocess.Popen[str] | None = None
+        self.ports: dict[str, int] = {}
+        self.log: list[str] = []
+        self._ready = threading.Event()
+        self._stopped = threading.Event()
+
+    def cli(self, *args: str, stdin: str | None = None) -> int:
+        """Run a postbote CLI command in-process against this server's config."""
+        if stdin is None:
+            return cli_main([args[0], "-c", str(self.config_path), *args[1:]])
+        import io
+
+        old = sys.stdin
+        sys.stdin = io.StringIO(stdin)
+        try:
+            return cli_main([args[0], "-c", str(self.config_path), *args[1:]])
+        finally:
+            sys.stdin = old
+
+    def add_user(self, address: str, password: str = PASSWORD) -> None:
+        assert self.cli("user", "add", address, "--password-stdin", stdin=password + "\n") == 0
+
+    def start(self, timeout: float = 20.0) -> None:
+        self._ready.clear()
+        self._stopped.clear()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "postbote", "serve", "-c", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(timeout) or not self.ports:
+            self.kill()
+            raise AssertionError("server did not start:\n" + "".join(self.log[-30:]))
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.log.append(line)
+            m = READY_RE.search(line)
+            if m:
+                self.ports = {}
+                for item in m.group(1).split():
+                    kind, _, addr = item.partition("=")
+                    self.ports[kind] = int(addr.rpartition(":")[2])
+                self._ready.set()
+        self._stopped.set()
+        self._ready.set()
+
+    @property
+    def smtp_port(self) -> int:
+        return self.ports["smtp"]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self._stopped.wait(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._stopped.wait(5)
+
+    def maildir(self, address: str) -> Path:
+        local, _, domain = address.partition("@")
+        return self.data_dir / "mail" / domain / local
+
+    def messages(self, address: str) -> list[bytes]:
+        root = self.maildir(address)
+        out = []
+        for sub in ("new", "cur"):
+            d = root / sub
+            if d.is_dir():
+                out.extend(p.read_bytes() for p in sorted(d.iterdir()))
+        return out
+
+    def wait_messages(self, address: str, count: int, timeout: float = 15.0) -> list[bytes]:
+        wait_for(lambda: len(self.messages(address)) >= count, timeout, f"{count} in {address}")
+        return self.messages(address)
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def factory(name: str = "node", **kwargs: object) -> ServerProcess:
+        root = tmp_path / name
+        root.mkdir()
+        server = ServerProcess(root, **kwargs)  # type: ignore[arg-type]
+        assert server.cli("domain", "add", DOMAIN) == 0
+        server.add_user(f"alice@{DOMAIN}")
+        server.add_user(f"bob@{DOMAIN}")
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
+    s = make_server()
+    s.start()
+    return s
