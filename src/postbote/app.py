@@ -93,7 +93,7 @@ class App:
         )
         delivery.start()
         for message in recovered:
-            delivery.submit(message)
+            delivery.submit(message, fresh=False)
         if recovered:
             log.info("recovered %d spooled messages", len(recovered))
         backend = InboundBackend(

@@ -236,3 +236,18 @@ def test_index_forgets_least_recently_used_mailboxes(tmp_path: Path) -> None:
     assert index.get(a) is None and index.get(b) == {"1700000000.B1", "1700000000.B2"}
     assert deliver_batch([item(a, "A1")], HOST, index=index) == [None]  # listed again
     assert files(a / "new") == sorted(maildir_name(item(a, u), HOST) for u in ("A1", "A2"))
+
+
+def test_fresh_item_skips_listing_the_mailbox(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "box"
+    deliver_batch([item(root, "OLD")], HOST)  # the mailbox exists and holds a message
+
+    def no_listing(path: Path) -> set[str]:
+        raise AssertionError("a fresh delivery must not list the mailbox")
+
+    monkeypatch.setattr(maildir, "_delivered_keys", no_listing)
+    fresh = MaildirItem(root=root, unique="NEW", data=b"x\r\n", timestamp=1700000000, fresh=True)
+    assert deliver_batch([fresh], HOST) == [None]
+    assert maildir_name(fresh, HOST) in files(root / "new")
+    with pytest.raises(AssertionError):
+        deliver_batch([item(root, "OTHER")], HOST)  # a non-fresh one does list

@@ -72,6 +72,7 @@ class LocalDelivery:
         self.hostname = hostname
         self._pending: list[SpooledMessage] = []
         self._attempts: dict[str, int] = {}
+        self._suspect: set[str] = set()  # ids that may have copies from an earlier attempt
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="postbote-delivery")
         self._task: asyncio.Task[None] | None = None
@@ -83,7 +84,12 @@ class LocalDelivery:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="delivery")
 
-    def submit(self, message: SpooledMessage) -> None:
+    def submit(self, message: SpooledMessage, *, fresh: bool = True) -> None:
+        """Queue a message for delivery. ``fresh``: accepted by this process and never
+        attempted, so no earlier copy can exist (saves listing mailboxes); recovered
+        messages are submitted with fresh=False."""
+        if not fresh:
+            self._suspect.add(message.envelope.id)
         self._pending.append(message)
         self._idle.clear()
         self._wake.set()
@@ -123,6 +129,7 @@ class LocalDelivery:
                     self.delivered += len(done)
                     for m in done:
                         self._attempts.pop(m.envelope.id, None)
+                        self._suspect.discard(m.envelope.id)
                 for m in failed:
                     self._schedule_retry(m)
             if not self._pending:
@@ -136,7 +143,7 @@ class LocalDelivery:
 
         def retry() -> None:
             self._retry_handles.discard(handle)
-            self.submit(message)
+            self.submit(message, fresh=False)
 
         handle = loop.call_later(delay, retry)
         self._retry_handles.add(handle)
@@ -146,6 +153,7 @@ class LocalDelivery:
     def _plan(self, message: SpooledMessage) -> _Plan:
         env = message.envelope
         plan = _Plan(message)
+        fresh = env.id not in self._suspect
         seen: set[str] = set()
         for rcpt in env.recipients:
             res = self.directory.resolve(rcpt.address)
@@ -166,6 +174,7 @@ class LocalDelivery:
                         unique=unique_name(env.id, mailbox),
                         data=data,
                         timestamp=int(env.received_at),
+                        fresh=fresh,
                     )
                 )
             plan.remote.extend(r for r in res.remote if r not in plan.remote)

@@ -37,6 +37,9 @@ class MaildirItem:
     unique: str  # deterministic, derived by the caller from (spool id, recipient)
     data: bytes  # complete message bytes
     timestamp: int  # seconds, the <time> part of the name
+    # True when no earlier copy can exist (first attempt of a message this process
+    # accepted): the mailbox need not be listed to look for one.
+    fresh: bool = False
 
 
 def maildir_name(item: MaildirItem, hostname: str) -> str:
@@ -95,7 +98,8 @@ class _Batch:
     """Per-batch state: results, listing caches and directories to sync."""
 
     results: list[OSError | None]
-    seen: dict[Path, tuple[int, set[str]]] = field(default_factory=dict)  # root -> dev, keys
+    # root -> (dev, delivered keys or None while the mailbox has not been listed)
+    seen: dict[Path, tuple[int, set[str] | None]] = field(default_factory=dict)
     writing: dict[tuple[Path, str], _Write] = field(default_factory=dict)
     new_dirs: set[Path] = field(default_factory=set)  # parents of directories we created
 
@@ -178,15 +182,20 @@ def _prepare(
         cached = batch.seen.get(item.root)
         if cached is None:
             cached = batch.seen[item.root] = _open_mailbox(item.root, batch.new_dirs, index)
+        dev, keys = cached
+        if keys is None and not item.fresh:
+            keys = _listed_keys(item.root, index, batch.new_dirs)
+            batch.seen[item.root] = (dev, keys)
     except OSError as exc:
         batch.results[i] = exc
         return None
-    dev, keys = cached
     earlier = batch.writing.get((item.root, key))
     if earlier is not None:
         earlier.duplicates.append(i)  # shares the outcome of the first copy
         return None
-    if key in keys:
+    if keys is None:
+        keys = set()  # fresh: nothing to look for, nothing to remember
+    elif key in keys:
         return None  # delivered before (e.g. before a crash)
     keys.add(key)
     w = _Write(i, item, name, item.root / "tmp" / name, dev, keys)
@@ -196,16 +205,27 @@ def _prepare(
 
 def _open_mailbox(
     root: Path, new_dirs: set[Path], index: DeliveredIndex | None
-) -> tuple[int, set[str]]:
-    """Create missing directories; return the device and the delivered keys."""
+) -> tuple[int, set[str] | None]:
+    """Create missing directories; return the device and the delivered keys if known
+    without listing (a new mailbox has none), else None."""
     created = _make_dirs(root, new_dirs)
     dev = os.stat(root).st_dev
-    keys = None if index is None or created else index.get(root)
+    if not created:
+        return dev, None
+    keys: set[str] = set()
+    if index is not None:
+        index.put(root, keys)
+    return dev, keys
+
+
+def _listed_keys(root: Path, index: DeliveredIndex | None, new_dirs: set[Path]) -> set[str]:
+    """The delivered keys of a mailbox, from the index or by listing it."""
+    keys = None if index is None else index.get(root)
     if keys is None:
         keys = _delivered_keys(root)
         if index is not None:
             index.put(root, keys)
-    return dev, keys
+    return keys
 
 
 def _make_dirs(root: Path, new_dirs: set[Path]) -> bool:
