@@ -8,7 +8,6 @@ loop, and the queue rows with their body files in ``queue_dir``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
@@ -17,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,16 +24,23 @@ from postbote import passwords
 from postbote.envelope import Envelope
 from postbote.errors import AlreadyExists, NotFound, StoreError
 from postbote.passwords import ScramKeys
+from postbote.store.addresses import (
+    MAX_ALIAS_DEPTH,
+    POSTMASTER,
+    Expansion,
+    Snapshot,
+    domain_of,
+    normalize_address,
+    normalize_domain,
+    resolve_local,
+    split_address,
+)
 from postbote.store.interfaces import QueueEntry, Resolution
 
 _log = logging.getLogger(__name__)
 
-MAX_ALIAS_DEPTH = 10
-POSTMASTER = "postmaster"
+__all__ = ["MAX_ALIAS_DEPTH", "POSTMASTER", "SqliteStore", "normalize_address", "normalize_domain"]
 
-# Whitespace, C0/C1 controls and lone surrogates (undecodable input), and the path brackets.
-_BAD_IN_ADDRESS = re.compile(r"[\s<>\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_BAD_IN_DOMAIN = re.compile(r"[\s<>@/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Queue ids become file names in queue_dir: no separators, no leading dot.
 _QUEUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
@@ -111,78 +116,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-# --- normal forms ----------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=4096)
-def normalize_domain(domain: str) -> str:
-    """Lower-case, strip one trailing dot, U-labels to A-labels; StoreError if invalid."""
-    name = domain.lower().removesuffix(".")
-    # RFC 5890 §2.3.2.1: compare domains in their A-label form. A name the codec refuses
-    # (a label over 63 octets, say) stays lower-cased.
-    with contextlib.suppress(UnicodeError):
-        name = name.encode("idna").decode("ascii")
-    # Checked after encoding: nameprep maps e.g. U+FF0F FULLWIDTH SOLIDUS to "/".
-    if (
-        "" in name.split(".")
-        or _BAD_IN_DOMAIN.search(name)
-        or len(name.encode("utf-8", "surrogatepass")) > 255  # RFC 5321 §4.5.3.1.2
-    ):
-        raise StoreError(f"invalid domain: {domain!r}")
-    return name
-
-
-def _split(address: str) -> tuple[str, str]:
-    """Return (local part as given, normalised domain); StoreError if invalid."""
-    local, at, domain = address.partition("@")
-    if (
-        not at
-        or not local
-        or "@" in domain
-        or _BAD_IN_ADDRESS.search(local)
-        or len(local.encode()) > 64  # RFC 5321 §4.5.3.1.1
-    ):
-        raise StoreError(f"invalid address: {address!r}")
-    try:
-        return local, normalize_domain(domain)
-    except StoreError:
-        raise StoreError(f"invalid address: {address!r}") from None
-
-
-def normalize_address(address: str) -> str:
-    """The directory's form of an address: 'local@domain', both lower-case, A-labels."""
-    local, domain = _split(address)
-    # The destination host decides how its local parts compare (RFC 5321 §2.4): ours are
-    # case-insensitive, UTF-8 allowed (RFC 6531).
-    return f"{local.lower()}@{domain}"
-
-
-def _domain_of(address: str) -> str:
-    return address.rpartition("@")[2]
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
 
 
-# --- the snapshot used by lookups ------------------------------------------------------------
+# --- the snapshot used by lookups ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    version: int
-    domains: frozenset[str]
-    users: frozenset[str]
-    aliases: dict[str, tuple[str, ...]]
-
-
-@dataclass(slots=True)
-class _Expansion:
-    mailboxes: dict[str, None] = field(default_factory=dict)  # ordered set
-    remote: dict[str, None] = field(default_factory=dict)
-
-
-def _load_snapshot(conn: sqlite3.Connection, old: _Snapshot | None) -> _Snapshot:
+def _load_snapshot(conn: sqlite3.Connection, old: Snapshot | None) -> Snapshot:
     conn.execute("BEGIN")  # one read transaction: a consistent picture
     try:
         (version,) = conn.execute("SELECT version FROM directory_version").fetchone()
@@ -191,7 +132,7 @@ def _load_snapshot(conn: sqlite3.Connection, old: _Snapshot | None) -> _Snapshot
         aliases: dict[str, list[str]] = {}
         for alias, target in conn.execute("SELECT alias, target FROM aliases ORDER BY 1, 2"):
             aliases.setdefault(alias, []).append(target)
-        return _Snapshot(
+        return Snapshot(
             version=version,
             domains=frozenset(r[0] for r in conn.execute("SELECT name FROM domains")),
             users=frozenset(r[0] for r in conn.execute("SELECT address FROM users")),
@@ -199,43 +140,6 @@ def _load_snapshot(conn: sqlite3.Connection, old: _Snapshot | None) -> _Snapshot
         )
     finally:
         conn.execute("COMMIT")
-
-
-def _resolve_local(snap: _Snapshot, addr: str, depth: int, seen: set[str], out: _Expansion) -> bool:
-    """Resolve a normalised address in a local domain into ``out``; False if nothing."""
-    if _resolve_direct(snap, addr, depth, seen, out):
-        return True
-    local, _, domain = addr.rpartition("@")
-    # RFC 5233 §1: "user+detail" is delivered to "user" (the detail follows the first "+").
-    base = local.split("+", 1)[0]
-    if base and base != local and _resolve_direct(snap, f"{base}@{domain}", depth, seen, out):
-        return True
-    if local == POSTMASTER:  # RFC 5321 §4.5.1: postmaster must always be accepted
-        out.mailboxes[addr] = None
-        return True
-    return False
-
-
-def _resolve_direct(
-    snap: _Snapshot, addr: str, depth: int, seen: set[str], out: _Expansion
-) -> bool:
-    """A user, or an alias expanded recursively (cycle-safe, depth-limited)."""
-    if addr in snap.users:
-        out.mailboxes[addr] = None
-        return True
-    targets = snap.aliases.get(addr)
-    if targets is None or addr in seen or depth >= MAX_ALIAS_DEPTH:
-        return False
-    seen.add(addr)
-    found = False
-    for target in targets:
-        local, _, domain = target.rpartition("@")
-        if domain in snap.domains:
-            found |= _resolve_local(snap, f"{local.lower()}@{domain}", depth + 1, seen, out)
-        else:
-            out.remote[target] = None
-            found = True
-    return found
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -336,7 +240,7 @@ class SqliteStore:
 
     # --- lookups (hot path) ------------------------------------------------------------------
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self) -> Snapshot:
         with self._snap_lock:
             try:
                 (version,) = self._snap_conn.execute("PRAGMA data_version").fetchone()
@@ -364,10 +268,10 @@ class SqliteStore:
         except StoreError:
             return None
         snap = self._snapshot()
-        if _domain_of(addr) not in snap.domains:
+        if domain_of(addr) not in snap.domains:
             return None
-        out = _Expansion()
-        if not _resolve_local(snap, addr, 0, set(), out):
+        out = Expansion()
+        if not resolve_local(snap, addr, 0, set(), out):
             return None
         return Resolution(mailboxes=tuple(out.mailboxes), remote=tuple(out.remote))
 
@@ -404,7 +308,7 @@ class SqliteStore:
     # --- users -------------------------------------------------------------------------------
 
     def _check_new_user(self, conn: sqlite3.Connection, addr: str) -> None:
-        domain = _domain_of(addr)
+        domain = domain_of(addr)
         if _first(conn, _DOMAIN, domain) is None:
             raise StoreError(f"{domain} is not a local domain")
         if _first(conn, _USER, addr):
@@ -424,7 +328,7 @@ class SqliteStore:
                 " scram_stored_key, scram_server_key, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     addr,
-                    _domain_of(addr),
+                    domain_of(addr),
                     pw_hash,
                     keys.salt,
                     keys.iterations,
@@ -524,14 +428,14 @@ class SqliteStore:
     def _target_form(self, conn: sqlite3.Connection, target: str) -> str:
         """Targets keep their local part's case unless their domain is ours (RFC 5321 §2.4:
         only the destination host may treat a local part as case-insensitive)."""
-        local, domain = _split(target)
+        local, domain = split_address(target)
         if _first(conn, _DOMAIN, domain):
             local = local.lower()
         return f"{local}@{domain}"
 
     def add_alias(self, alias: str, targets: Sequence[str]) -> None:
         name = normalize_address(alias)
-        domain = _domain_of(name)
+        domain = domain_of(name)
         targets = _as_tuple(targets)
         if not targets:
             raise StoreError(f"alias {name} needs at least one target")
