@@ -10,11 +10,14 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -171,3 +174,107 @@ def server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
     s = make_server()
     s.start()
     return s
+
+
+# --- helpers for tests that share one server per module ------------------------------------
+
+
+def new_server(
+    root: Path, *, users: tuple[str, ...] = ("alice", "bob"), extra_config: str = ""
+) -> ServerProcess:
+    """A provisioned (domain + ``users``) but not yet started server under ``root``."""
+    root.mkdir(parents=True)
+    server = ServerProcess(root, extra_config=extra_config)
+    assert server.cli("domain", "add", DOMAIN) == 0
+    for user in users:
+        server.add_user(f"{user}@{DOMAIN}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One running server (alice, bob) for all tests of a module that do not interfere."""
+    server = new_server(tmp_path_factory.mktemp("module") / "node")
+    server.start()
+    yield server
+    server.kill()
+
+
+def tls_client_context(server: ServerProcess) -> ssl.SSLContext:
+    """A verifying client context that trusts only the server's self-signed certificate."""
+    return ssl.create_default_context(cafile=str(server.data_dir / "tls" / "cert.pem"))
+
+
+@dataclass
+class Answer:
+    """One SMTP reply as read from the wire."""
+
+    code: int
+    lines: list[str]  # without CRLF, e.g. ["250-mx.example.test", "250 DSN"]
+
+    @property
+    def text(self) -> str:
+        """The text after the code of the last line, e.g. "5.7.1 Relay access denied"."""
+        return self.lines[-1][4:]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+class RawSmtp:
+    """A minimal SMTP client on a raw socket: writes exactly what it is given (so it can
+    pipeline) and reads replies one at a time, in order."""
+
+    def __init__(self, port: int, *, source: str | None = None, timeout: float = 15.0) -> None:
+        source_address = (source, 0) if source else None
+        self.sock: socket.socket = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=source_address
+        )
+        self._buf = b""
+
+    def wrap_tls(self, context: ssl.SSLContext) -> None:
+        assert not self._buf, "plaintext left over before TLS"
+        self.sock = context.wrap_socket(self.sock, server_hostname="127.0.0.1")
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self._buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; unread: {self._buf!r}")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\r\n")
+        return line
+
+    def reply(self) -> Answer:
+        lines: list[str] = []
+        while True:
+            line = self._line().decode("utf-8")
+            lines.append(line)
+            if line[3:4] != "-":
+                return Answer(int(line[:3]), lines)
+
+    def cmd(self, line: str | bytes) -> Answer:
+        data = line.encode() if isinstance(line, str) else line
+        self.send(data + b"\r\n")
+        return self.reply()
+
+    def closed_by_peer(self) -> bool:
+        """True when the server has closed the connection and nothing is left to read."""
+        if self._buf:
+            return False
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawSmtp:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

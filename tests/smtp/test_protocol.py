@@ -147,7 +147,8 @@ def check_case(case: Case) -> Result:
 BASIC = [
     Case("helo", b"HELO client.example\r\n", (R_HELO,), (Hello("HELO", "client.example"),)),
     Case("ehlo-lowercase-verb", b"ehlo client.example\r\n", ("250",), (E_EHLO,)),
-    Case("ehlo-without-name", b"EHLO\r\n", ("501 5.5.4",), ()),
+    # RFC 2034 §3: no enhanced status code in replies to HELO/EHLO, errors included.
+    Case("ehlo-without-name", b"EHLO\r\n", (b"501 Syntax: EHLO hostname\r\n",), ()),
     Case(
         "happy-path",
         TXN + b"DATA\r\nSubject: hi\r\n\r\nhello\r\n.\r\nQUIT\r\n",
@@ -1004,7 +1005,7 @@ def test_rejections_count_towards_the_error_budget() -> None:
 def test_error_budget_counts_every_kind_of_error() -> None:
     stream = b"FROB\r\nMAIL FROM:<a@b.c>\r\nEXPN x\r\nEHLO\r\n" + b"NOOP " + b"x" * 3000 + b"\r\n"
     r = run_all_chunkings(stream + b"NOOP\r\n", config=settings(max_errors=5))
-    errors = ["500 5.5.1", "503 5.5.1", "502 5.5.1", "501 5.5.4", "500 5.5.2"]
+    errors = ["500 5.5.1", "503 5.5.1", "502 5.5.1", "501", "500 5.5.2"]  # EHLO: no enhanced
     assert r.codes[1:] == [*errors, "421 4.7.0"]
 
 

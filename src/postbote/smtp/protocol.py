@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections import deque
 from dataclasses import dataclass
 
 from postbote.errors import LocalProtocolError
@@ -168,6 +167,32 @@ class ServerConnection:
     ``tls_established``, ``start_shutdown``) and ``handle_timer`` (time).
     """
 
+    __slots__ = (
+        "_auth_mechanism",
+        "_buf",
+        "_chunk_error",
+        "_chunk_last",
+        "_chunk_remaining",
+        "_discard_line",
+        "_events",
+        "_last_activity",
+        "_out",
+        "_pending",
+        "_reader",
+        "_shutting_down",
+        "authenticated",
+        "errors",
+        "esmtp",
+        "helo_name",
+        "in_tls",
+        "mail_params",
+        "mode",
+        "phase",
+        "recipients",
+        "sender",
+        "settings",
+    )
+
     def __init__(self, settings: ServerSettings, now: float = 0.0) -> None:
         self.settings = settings
         self.phase = Phase.GREETED
@@ -177,17 +202,17 @@ class ServerConnection:
         self.esmtp = False
         self.authenticated: str | None = None
         self.sender: Address | None = None
-        self.mail_params = MailParams()
+        self.mail_params = _NO_PARAMS
         self.recipients: list[tuple[Address, RcptParams]] = []
         self.errors = 0
         self._buf = bytearray()
         self._out = bytearray()
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # a deque costs ~600 bytes per connection
         self._pending: Event | None = None
         self._last_activity = now
         self._shutting_down = False
-        self._closed_emitted = False
-        self._reader = self._new_reader()
+        # Created by DATA/BDAT; an idle connection carries none (memory per connection).
+        self._reader: MessageReader | None = None
         self._discard_line = False  # swallowing an over-long command line
         self._chunk_remaining = 0
         self._chunk_last = False
@@ -239,7 +264,7 @@ class ServerConnection:
     def next_event(self) -> Event | Sentinel:
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if self._pending is not None:
                 return PAUSED
             mode = self.mode
@@ -441,8 +466,7 @@ class ServerConnection:
         self.sender = None
         self.mail_params = _NO_PARAMS
         self.recipients = []
-        if self._reader.body or self._reader.error is not None:
-            self._reader = self._new_reader()
+        self._reader = None
         if self.phase is not Phase.GREETED:
             self.phase = Phase.HELLO
 
@@ -522,7 +546,8 @@ class ServerConnection:
         try:
             name = parse_helo_name(arg)
         except GrammarError as exc:
-            self._error(exc.reply)
+            # RFC 2034 §3: no enhanced code in any reply to HELO/EHLO.
+            self._error(Reply(exc.reply.code, None, exc.reply.lines))
             return
         self._decide(Hello(verb, name))
 
@@ -690,6 +715,7 @@ class ServerConnection:
     # -- DATA and BDAT (RFC 5321 §4.1.1.4, RFC 3030; the rules live in data.py) -------
 
     def _read_data(self) -> bool:
+        assert self._reader is not None
         done = self._reader.feed_text(self._buf)
         if done is None:
             return False
@@ -699,6 +725,7 @@ class ServerConnection:
         return True
 
     def _complete_message(self) -> None:
+        assert self._reader is not None
         err = self._reader.error
         if err is not None:
             self._send(_DATA_ERROR_REPLY[err])
@@ -713,6 +740,7 @@ class ServerConnection:
                 return False
             take = min(self._chunk_remaining, len(buf))
             if self._chunk_error is None and self.phase is Phase.BDAT:
+                assert self._reader is not None
                 self._reader.feed_chunk(buf[:take])
             del buf[:take]
             self._chunk_remaining -= take
@@ -722,6 +750,7 @@ class ServerConnection:
         if self._chunk_error is not None:
             self._error(self._chunk_error)
             return True
+        assert self._reader is not None
         if self._reader.error is DataError.TOO_BIG:
             self._send(R.C552_MESSAGE_TOO_BIG)  # RFC 3030 §2: refuse, transaction over
             self._end_transaction()

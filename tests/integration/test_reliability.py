@@ -1,0 +1,347 @@
+"""Crash and full-disk behaviour of a real postbote process.
+
+The promise under test is RFC 5321 §6.1: once the server answered "250" to the end of
+DATA it is responsible for the message, so it must end up in every recipient's Maildir
+exactly once, whatever happens to the process (SIGKILL, SIGTERM) or the disk (full,
+below ``spool.min_free_space``). Messages whose sender saw no "250" may or may not be
+delivered, but never twice and never to only some of their recipients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import smtplib
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from postbote.envelope import Envelope, Recipient
+from postbote.spool import MESSAGE, Spool, encode_record
+
+from .conftest import ServerProcess, wait_for
+from .crashload import (
+    ALICE,
+    BOB,
+    SENDER,
+    SOCKET_TIMEOUT,
+    TEAM,
+    Ledger,
+    LoadRun,
+    MailboxAudit,
+    MailboxScanner,
+    all_acked_delivered,
+    message_of,
+    send_one,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+MakeServer = Callable[..., ServerProcess]
+ACK_DEADLINE = 30.0  # generous bounds; the normal case takes well under a second
+DELIVERY_DEADLINE = 30.0
+RECOVERED_RE = re.compile(r"recovered (\d+) spooled messages")
+
+
+def _with_team(server: ServerProcess) -> ServerProcess:
+    assert server.cli("alias", "add", TEAM, ALICE, BOB) == 0
+    return server
+
+
+def _wait_delivered(server: ServerProcess, ledger: Ledger, timeout: float) -> None:
+    scanners = {box: MailboxScanner(server.maildir(box)) for box in (ALICE, BOB)}
+    wait_for(lambda: all_acked_delivered(scanners, ledger), timeout, "acknowledged mail delivered")
+
+
+def _assert_clean(server: ServerProcess, ledger: Ledger) -> MailboxAudit:
+    audit = MailboxAudit.of(server.data_dir, ledger)
+    assert not audit.problems, "\n".join(audit.problems[:40])
+    return audit
+
+
+def _undone_in_spool(data_dir: Path) -> list[str]:
+    """Ids the spool would hand out again (the server must be stopped)."""
+    spool = Spool(data_dir / "spool", min_free_space=0)
+    try:
+        return [m.envelope.id for m in spool.recover()]
+    finally:
+        asyncio.run(spool.close())
+
+
+def _recovered_total(server: ServerProcess) -> int:
+    return sum(int(m.group(1)) for line in server.log if (m := RECOVERED_RE.search(line)))
+
+
+def _kill_under_load(server: ServerProcess, run: LoadRun, acked: int) -> None:
+    run.start()
+    try:
+        run.ledger.wait_acked(run.prefix, acked, ACK_DEADLINE)
+    finally:
+        run.server_gone.set()  # set before the kill: later errors are expected
+        server.kill()
+        run.join()
+    assert not run.errors, run.errors[:5]
+
+
+# -- SIGKILL ------------------------------------------------------------------------------
+
+
+def test_sigkill_loses_nothing_acknowledged(make_server: MakeServer) -> None:
+    server = _with_team(make_server())
+    ledger = Ledger()
+    server.start()
+    for cycle, kill_at in enumerate((120, 420, 260)):
+        run = LoadRun(server.smtp_port, ledger, prefix=f"c{cycle}-")
+        _kill_under_load(server, run, kill_at)
+        server.start()  # same data_dir, new ports
+        _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert server.stop() == 0
+    audit = _assert_clean(server, ledger)
+    assert len(ledger.acked) >= 120 + 420 + 260
+    assert audit.total() >= len(ledger.acked)
+
+
+def test_sigkill_during_delivery_no_duplicates(make_server: MakeServer) -> None:
+    server = _with_team(make_server())
+    ledger = Ledger()
+    server.start()
+    run = LoadRun(server.smtp_port, ledger, prefix="burst-", per_worker=40)
+    total = run.workers * 40
+    _kill_under_load(server, run, total)  # right after the last "250"
+    assert len(ledger.acked) == total
+    server.start()
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert server.stop() == 0
+    _assert_clean(server, ledger)
+    assert _undone_in_spool(server.data_dir) == []
+
+
+# -- full disk ----------------------------------------------------------------------------
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True)
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except FileNotFoundError:
+        proc = subprocess.CompletedProcess([], 1, "", "mount(8) is not installed")
+    if proc.returncode != 0:
+        reason = f"cannot mount a tmpfs: {proc.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def small_disk_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server whose data_dir is an 8 MiB tmpfs; min_free_space 0 lets it fill up."""
+    root = tmp_path / "node"
+    root.mkdir()
+    server = ServerProcess(root, extra_config="[spool]\nmin_free_space = 0\n")
+    _mount_tmpfs(server.data_dir, "8m")
+    try:
+        assert server.cli("domain", "add", "example.test") == 0
+        server.add_user(ALICE)
+        server.add_user(BOB)
+        yield server
+    finally:
+        server.kill()
+        if subprocess.run(["umount", str(server.data_dir)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(server.data_dir)], capture_output=True)
+
+
+def _fill(directory: Path, leave: int) -> Path:
+    """A file that leaves about ``leave`` bytes free on the filesystem of ``directory``."""
+    filler = directory / "filler"
+    st = os.statvfs(directory)
+    size = st.f_bavail * st.f_frsize - leave
+    assert size > 0
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _command(client: smtplib.SMTP, line: str) -> tuple[int, bytes]:
+    client.putcmd(line)
+    return client.getreply()
+
+
+def test_full_disk_gets_452_and_loses_nothing(small_disk_server: ServerProcess) -> None:
+    server = small_disk_server
+    ledger = Ledger()
+    server.start()
+    lines = 2700  # ~210 KB a message: a few fit into the last MiB
+    port = server.smtp_port
+    for n in range(3):
+        assert send_one(port, ledger, f"before-{n}", (ALICE,), frozenset({ALICE}))[0] == 250
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    filler = _fill(server.data_dir, leave=2**20)
+
+    refusal: tuple[int, bytes] | None = None
+    with smtplib.SMTP("127.0.0.1", port, timeout=SOCKET_TIMEOUT) as client:
+        client.ehlo("client.example")
+        for n in range(40):
+            token = f"full-{n}"
+            code, reply = _command(client, f"MAIL FROM:<{SENDER}>")
+            if code == 250:
+                assert _command(client, f"RCPT TO:<{ALICE}>")[0] == 250
+                ledger.attempt(token, frozenset({ALICE}), lines)
+                code, reply = client.data(message_of(token, (ALICE,), lines))
+                if code == 250:
+                    ledger.ack(token)
+                    continue
+            refusal = (code, reply)
+            break
+        assert refusal is not None, "the disk never filled up"
+        # RFC 3463 §3.4 X.3.1: "mail system full" is a transient 452, not 451 or 5xx.
+        assert refusal[0] == 452 and refusal[1].startswith(b"4.3.1"), refusal
+        assert server.proc is not None and server.proc.poll() is None
+        assert client.noop()[0] == 250
+        # Declaring a SIZE that cannot fit is refused up front (RFC 1870 §6.1).
+        code, reply = _command(client, f"MAIL FROM:<{SENDER}> SIZE=4000000")
+        assert (code, reply[:5]) == (452, b"4.3.1"), (code, reply)
+        assert client.noop()[0] == 250
+    with smtplib.SMTP("127.0.0.1", port, timeout=SOCKET_TIMEOUT) as other:
+        assert other.ehlo("client.example")[0] == 250
+
+    filler.unlink()
+    for n in range(3):
+        token = f"after-{n}"
+        code, reply = send_one(port, ledger, token, (ALICE, BOB), frozenset({ALICE, BOB}))
+        assert code == 250, (code, reply)
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert server.stop() == 0
+    _assert_clean(server, ledger)
+    assert _undone_in_spool(server.data_dir) == []
+
+
+def test_min_free_space_refuses_at_mail(make_server: MakeServer) -> None:
+    server = make_server(extra_config=f"[spool]\nmin_free_space = {10**18}\n")
+    server.start()
+    with smtplib.SMTP("127.0.0.1", server.smtp_port, timeout=SOCKET_TIMEOUT) as client:
+        client.ehlo("client.example")
+        code, reply = client.mail(SENDER)
+        assert (code, reply[:5]) == (452, b"4.3.1"), (code, reply)
+        assert client.noop()[0] == 250
+    assert server.stop() == 0
+    assert server.messages(ALICE) == []
+
+
+# -- restarts -----------------------------------------------------------------------------
+
+
+def _block_mailbox(server: ServerProcess, address: str) -> Path:
+    """Make delivery to ``address`` fail (root ignores permissions): a file where its
+    Maildir directory belongs."""
+    path = server.maildir(address)
+    shutil.rmtree(path, ignore_errors=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a maildir\n")
+    return path
+
+
+def _wait_log(server: ServerProcess, needle: str, count: int = 1) -> None:
+    wait_for(
+        lambda: sum(needle in line for line in server.log) >= count,
+        DELIVERY_DEADLINE,
+        f"{count} log lines with {needle!r}",
+    )
+
+
+def test_restart_resumes_spool(make_server: MakeServer) -> None:
+    server = make_server()
+    ledger = Ledger()
+    blocker = _block_mailbox(server, ALICE)
+    server.start()
+    port = server.smtp_port
+    assert send_one(port, ledger, "solo", (ALICE,), frozenset({ALICE}))[0] == 250
+    assert send_one(port, ledger, "pair", (ALICE, BOB), frozenset({ALICE, BOB}))[0] == 250
+    _wait_log(server, "delivery to", count=2)  # both attempts failed for alice
+    wait_for(lambda: len(server.messages(BOB)) == 1, DELIVERY_DEADLINE, "bob's copy")
+    server.kill()
+
+    blocker.unlink()
+    server.start()
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert server.stop() == 0
+    assert _recovered_total(server) == 2
+    _assert_clean(server, ledger)  # bob's copy of "pair" was not written again
+    assert _undone_in_spool(server.data_dir) == []
+
+
+def test_sigterm_drains_delivery(make_server: MakeServer) -> None:
+    server = _with_team(make_server())
+    ledger = Ledger()
+    server.start()
+    run = LoadRun(server.smtp_port, ledger, prefix="drain-", per_worker=25)
+    run.start()
+    try:
+        ledger.wait_acked("drain-", 200, ACK_DEADLINE)
+    finally:
+        run.server_gone.set()  # idle sessions may be closed by the shutdown
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        run.join()
+    assert not run.errors, run.errors[:5]
+    assert server.stop() == 0
+    assert len(ledger.acked) == 200
+    _assert_clean(server, ledger)  # no restart: everything was delivered before exit
+    assert _undone_in_spool(server.data_dir) == []
+
+
+def test_journal_torn_tail_recovery_end_to_end(make_server: MakeServer) -> None:
+    """A crash in the middle of writing a batch leaves a torn record at the end of the
+    newest segment. Recovery must cut it off (its sender never saw "250"), deliver the
+    acknowledged messages before it exactly once, and keep the journal usable."""
+    server = make_server()
+    ledger = Ledger()
+    blocker = _block_mailbox(server, ALICE)
+    server.start()
+    assert send_one(server.smtp_port, ledger, "kept", (ALICE,), frozenset({ALICE}))[0] == 250
+    _wait_log(server, "delivery to")
+    server.kill()
+
+    segment = max((server.data_dir / "spool").glob("seg-*.log"))
+    good_size = segment.stat().st_size
+    assert good_size > 0
+    torn = Envelope(
+        id="0" * 11 + "TORNTORN00",
+        sender=SENDER,
+        recipients=(Recipient(ALICE),),
+        received_at=time.time(),
+    )
+    env = torn.to_json()
+    ledger.attempt("torn", frozenset({ALICE}))
+    record = encode_record(MESSAGE, struct.pack("<I", len(env)), env, message_of("torn", [ALICE]))
+    with segment.open("ab") as f:
+        f.write(record[:-7])
+
+    blocker.unlink()
+    server.start()
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert any("truncating torn tail" in line for line in server.log), server.log[-10:]
+    assert segment.stat().st_size <= good_size or not segment.exists()
+    # The journal still works: a message accepted now survives the next crash.
+    assert send_one(server.smtp_port, ledger, "later", (BOB,), frozenset({BOB}))[0] == 250
+    server.kill()
+    server.start()
+    _wait_delivered(server, ledger, DELIVERY_DEADLINE)
+    assert server.stop() == 0
+    audit = _assert_clean(server, ledger)
+    assert audit.counts[ALICE]["torn"] == 0
+    assert _undone_in_spool(server.data_dir) == []
