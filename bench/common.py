@@ -69,6 +69,15 @@ def free_port() -> int:
         return port
 
 
+def is_listening(port: int) -> bool:
+    """True when something accepts TCP connections on loopback `port`."""
+    try:
+        with socket.create_connection((HOST, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
     """Poll `check` until it is true or `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
@@ -218,7 +227,9 @@ class PostboteServer(ServerProcess):
         cli = [sys.executable, "-m", "postbote"]
         self._cli = cli
         super().__init__(
-            "postbote", [*cli, "serve", "-c", str(self.config)], workdir / "postbote.log",
+            "postbote",
+            [*cli, "serve", "-c", str(self.config)],
+            workdir / "postbote.log",
             nofile=nofile,
         )
 
@@ -230,7 +241,10 @@ class PostboteServer(ServerProcess):
         for args, stdin in setup:
             run = subprocess.run(
                 [*self._cli, *args, "-c", str(self.config)],
-                input=stdin, capture_output=True, timeout=60, check=False,
+                input=stdin,
+                capture_output=True,
+                timeout=60,
+                check=False,
             )
             if run.returncode != 0:
                 raise BenchError(f"postbote {' '.join(args)}: {run.stderr.decode().strip()}")
@@ -260,7 +274,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     print(line(headers))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

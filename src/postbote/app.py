@@ -99,6 +99,7 @@ class App:
         backend = InboundBackend(
             hostname=c.hostname, directory=store, spool=spool, delivery=delivery
         )
+        started = False
         try:
             for kind in _KINDS:
                 addresses: tuple[ListenAddress, ...] = getattr(c.listen, kind.name)
@@ -123,6 +124,7 @@ class App:
             ready = " ".join(f"{k}={a}" for k, a in self.bound)
             log.info("ready %s", ready)
             print(f"postbote: ready {ready}", file=sys.stderr, flush=True)
+            started = True
             await self._stop.wait()
             log.info("shutting down")
         finally:
@@ -137,7 +139,8 @@ class App:
             await delivery.close()
             await spool.close()
             store.close()
-            print("postbote: stopped", file=sys.stderr, flush=True)
+            if started:  # a start-up error is reported alone, in one line, by the CLI
+                print("postbote: stopped", file=sys.stderr, flush=True)
 
     async def _listen(
         self,
@@ -160,9 +163,9 @@ class App:
                 ssl_handshake_timeout=30.0 if ssl_ctx is not None else None,
             )
         except OSError as exc:
-            raise ConfigError(
-                f"listen.{kind.name}: cannot listen on {addr}: {exc.strerror or exc}"
-            ) from exc
+            # uvloop's errors carry no strerror; derive the usual text from errno.
+            reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+            raise ConfigError(f"listen.{kind.name}: cannot listen on {addr}: {reason}") from exc
         self._listeners.append(listener)
         for sock in listener.sockets:
             host, port = sock.getsockname()[:2]

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from postbote import __version__
 from postbote.config import Config, load_config
@@ -66,9 +67,14 @@ def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Repeat: ") != password:
-            raise PostboteError("passwords do not match")
+        if not sys.stdin.isatty():
+            raise PostboteError("no terminal to ask for the password: use --password-stdin")
+        try:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Repeat: ") != password:
+                raise PostboteError("passwords do not match")
+        except EOFError:
+            raise PostboteError("no password given") from None
     if not password:
         raise PostboteError("empty password")
     return password
@@ -128,14 +134,21 @@ def cmd_queue(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"postbote: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="postbote", description="postbote mail server")
+    p = _Parser(prog="postbote", description="postbote mail server")
     p.add_argument("--version", action="version", version=f"postbote {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "-c", "--config", type=Path, help="config file (default: ./postbote.toml if present)"
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     s = sub.add_parser("serve", parents=[common], help="run the mail server")
     s.add_argument("-v", "--verbose", action="store_true", help="debug logging")

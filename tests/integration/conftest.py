@@ -111,6 +111,7 @@ class ServerProcess:
                     kind, _, addr = item.partition("=")
                     self.ports[kind] = int(addr.rpartition(":")[2])
                 self._ready.set()
+        proc.stderr.close()  # at EOF; else a ResourceWarning (an error here) when GC'd
         self._stopped.set()
         self._ready.set()
 
@@ -138,7 +139,7 @@ class ServerProcess:
 
     def messages(self, address: str) -> list[bytes]:
         root = self.maildir(address)
-        out = []
+        out: list[bytes] = []
         for sub in ("new", "cur"):
             d = root / sub
             if d.is_dir():

@@ -173,6 +173,7 @@ def send_one(
     with smtplib.SMTP(
         "127.0.0.1", port, local_hostname="client.example", timeout=SOCKET_TIMEOUT
     ) as client:
+        client.ehlo()
         code, reply = client.mail(SENDER)
         if code != 250:
             return code, reply
