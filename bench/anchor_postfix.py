@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -212,8 +213,8 @@ class PostfixInstance:
         )
 
     def _start(self) -> None:
+        self._started = True  # before: an interrupted start may still leave a master
         run = self._postfix("start")
-        self._started = True
         if run.returncode != 0:
             raise BenchError(f"postfix start failed: {_text(run)} {self._log()}")
         if not wait_for(lambda: is_listening(self.port), 20.0, 0.05):
@@ -225,10 +226,19 @@ class PostfixInstance:
             return " | ".join(path.read_text(errors="replace").splitlines()[-5:])
         return "(no log)"
 
-    def _master_pid(self) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.base / "queue" / "pid" / "master.pid").read_text().split()[0])
-        return None
+    def _processes(self) -> list[int]:
+        """Our Postfix processes: the master of master.pid, and every process whose
+        working directory is in our private directory (Postfix daemons run in
+        queue_directory), so an interrupted start leaves nothing behind."""
+        found: set[int] = set()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            found.add(int((self.base / "queue" / "pid" / "master.pid").read_text().split()[0]))
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if Path(os.readlink(entry / "cwd")).is_relative_to(self.base):
+                        found.add(int(entry.name))
+        return [pid for pid in found if _alive(pid)]
 
     def __exit__(
         self,
@@ -237,12 +247,14 @@ class PostfixInstance:
         tb: TracebackType | None,
     ) -> None:
         if self._started:
-            pid = self._master_pid()
-            self._postfix("stop")
-            if pid is not None and not wait_for(lambda: not _alive(pid), 20.0, 0.1):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, 9)  # the master; its children exit with it
             self._started = False
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._postfix("stop")
+            if not wait_for(lambda: not self._processes(), 20.0, 0.1):
+                for pid in self._processes():
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not self._processes(), 5.0, 0.1)
         if self._tmp is not None:
             self._tmp.close()
             self._tmp = None

@@ -254,16 +254,18 @@ class PostboteServer(ServerProcess):
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     """A temporary directory (world-traversable, for anchors that drop privileges)."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as name:
         path = Path(name)
         path.chmod(0o755)
         yield path
 
 
 def sigterm_as_exit() -> None:
-    """Turn SIGTERM into SystemExit so that `finally` blocks stop our servers."""
+    """Turn SIGTERM into SystemExit so that `finally` blocks stop our servers. Later
+    SIGTERMs are ignored so they cannot cut that cleanup short (`timeout` sends two)."""
 
     def _exit(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
