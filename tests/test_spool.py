@@ -138,11 +138,13 @@ def test_torn_tail_at_every_offset_recovers_earlier_records_and_appends(tmp_path
         spool = await running(source)
         accepted = await accept_n(spool, 2)
         (seg,) = segments(source)
-        good = seg.stat().st_size
+        assert spool._active is not None
+        good = spool._active.size  # the file itself is zero-filled ahead (PREFILL)
         env = Envelope(id=spool.new_id(), sender="", recipients=(), received_at=0.0)
         await spool.accept(env, b"x" * 8)
-        end = seg.stat().st_size
+        end = spool._active.size
         await spool.close()
+        assert seg.stat().st_size == end  # close() cut the unused zeros
         return accepted, good, end
 
     accepted, good, end = asyncio.run(write())
@@ -301,20 +303,22 @@ def test_concurrent_accepts_share_fdatasyncs(
 def test_enospc_raises_spool_full_and_journal_stays_valid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: bool
 ) -> None:
-    real_write = os.write
+    real_write = os.pwrite
 
-    def failing_write(fd: int, data: bytes) -> int:
+    def failing_write(fd: int, data: bytes, offset: int) -> int:
         if partial and len(data) > 100:
-            return real_write(fd, memoryview(data)[:100])  # the next call fails
+            return real_write(fd, memoryview(data)[:100], offset)  # the next call fails
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def run() -> list[tuple[Envelope, bytes]]:
         spool = await running(tmp_path)
         before = await accept_n(spool, 2)
-        monkeypatch.setattr(os, "write", failing_write)
+        assert spool._active is not None
+        spool._active.filled = spool._active.size  # the failing write must grow the file
+        monkeypatch.setattr(os, "pwrite", failing_write)
         with pytest.raises(SpoolFull):
             await spool.accept(make_envelope(spool, 50), body_for(50))
-        monkeypatch.setattr(os, "write", real_write)
+        monkeypatch.setattr(os, "pwrite", real_write)
         after = await accept_n(spool, 2, first=60)
         await spool.close()
         return before + after
@@ -326,13 +330,13 @@ def test_enospc_raises_spool_full_and_journal_stays_valid(
 def test_done_record_that_failed_to_write_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def enospc(fd: int, data: bytes) -> int:
+    def enospc(fd: int, data: bytes, offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     async def run() -> list[tuple[Envelope, bytes]]:
         spool = await running(tmp_path)
         (done, _), *kept = await accept_n(spool, 2)
-        monkeypatch.setattr(os, "write", enospc)
+        monkeypatch.setattr(os, "pwrite", enospc)
         spool.mark_done([done.id])  # its DONE record shares the failing batch
         with pytest.raises(SpoolFull):
             await spool.accept(make_envelope(spool, 9), body_for(9))
@@ -484,3 +488,32 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert len(ids) == len(set(ids))
         assert acked - done <= set(ids)
         assert all(body == b"body of " + env.id.encode() for env, body in recovered)
+
+
+def test_zero_filled_tail_is_a_clean_end_but_garbage_after_zeros_is_not() -> None:
+    import io
+
+    from postbote.spool import MESSAGE, _read_records, encode_record
+
+    rec = encode_record(MESSAGE, b"\x02\x00\x00\x00{}", b"body")
+    records, good, problem = _read_records(io.BytesIO(rec + bytes(5000)))
+    assert (len(records), good, problem) == (1, len(rec), None)
+    records, good, problem = _read_records(io.BytesIO(rec + bytes(5000) + b"x"))
+    assert (len(records), good) == (1, len(rec)) and problem is not None
+
+
+def test_killed_spool_recovers_from_its_preallocated_segment(tmp_path: Path) -> None:
+    """A crash leaves the active segment zero-filled past its last record."""
+
+    async def run() -> list[tuple[Envelope, bytes]]:
+        spool = await running(tmp_path)
+        accepted = await accept_n(spool, 3)
+        (seg,) = segments(tmp_path)
+        assert seg.stat().st_size > spool._active.size  # type: ignore[union-attr]
+        # Simulate SIGKILL: no close(); just drop the lock so a new Spool can open.
+        os.close(spool._lock_fd)
+        spool._lock_fd = -1
+        return accepted
+
+    accepted = asyncio.run(run())
+    assert recover_all(tmp_path) == accepted

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from postbote.config import Config, ListenAddress
 from postbote.errors import ConfigError
 from postbote.inbound import InboundBackend
-from postbote.queue.local import LocalDelivery
+from postbote.queue.dispatch import LocalDelivery
 from postbote.smtp.protocol import ServerSettings
 from postbote.smtp.server import SmtpServer
 from postbote.spool import Spool
@@ -88,10 +88,8 @@ class App:
         )
         recovered = spool.recover()
         await spool.start()
-        delivery = LocalDelivery(
-            spool=spool, directory=store, queue=store, data_dir=c.data_dir, hostname=c.hostname
-        )
-        delivery.start()
+        delivery = LocalDelivery(spool=spool, data_dir=c.data_dir, hostname=c.hostname)
+        await delivery.start()
         for message in recovered:
             delivery.submit(message, fresh=False)
         if recovered:

@@ -7,7 +7,7 @@ serialised as JSON inside spool records and queue rows.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -39,7 +39,13 @@ class Envelope:
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+        # By hand rather than dataclasses.asdict(): this runs for every message, and
+        # asdict deep-copies every field (~15x slower).
+        data = {f: getattr(self, f) for f in _FIELDS}
+        data["recipients"] = [
+            {"address": r.address, "notify": r.notify, "orcpt": r.orcpt} for r in self.recipients
+        ]
+        return _ENCODER.encode(data).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Envelope:
@@ -53,3 +59,7 @@ class Envelope:
             for r in raw.pop("recipients")
         )
         return cls(recipients=rcpts, **raw)
+
+
+_FIELDS = tuple(f.name for f in fields(Envelope))
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -14,7 +14,7 @@ import time
 from postbote.envelope import Envelope, Recipient
 from postbote.errors import SpoolError, SpoolFull
 from postbote.policy.relay import check_recipient
-from postbote.queue.local import LocalDelivery
+from postbote.queue.dispatch import LocalDelivery
 from postbote.received import protocol_name, received_header
 from postbote.smtp import replies as R
 from postbote.smtp.events import MailFrom, RcptTo
@@ -44,6 +44,7 @@ class InboundBackend:
         # RFC 1870 §6.1 / issue: a full disk refuses new mail with 452 4.3.1 up front.
         if not self.spool.has_space(event.params.size or 0):
             return R.C452_INSUFFICIENT_STORAGE
+        self.directory.refresh()  # each transaction sees the directory as it is now
         return None
 
     def _postmaster_domain(self) -> str | None:

@@ -4,6 +4,7 @@ names, RFC 6531 §4.3 UTF8SMTP), Return-Path and Delivered-To at final delivery.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from email.utils import formatdate
 
@@ -29,8 +30,13 @@ def ip_literal(ip: str) -> str:
     return f"[{addr}]"
 
 
+_PLAIN = re.compile(r"[!-'*-~]{1,255}")  # printable ASCII but space and parentheses
+
+
 def _clean(token: str) -> str:
     """A header-safe token: printable, no spaces, no CR/LF, bounded."""
+    if _PLAIN.fullmatch(token):
+        return token
     out = "".join(
         c if (c.isprintable() and not c.isspace() and c not in "()") else "?" for c in token
     )

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -534,17 +535,23 @@ def test_alias_target_in_local_domain_added_later(example: SqliteStore) -> None:
 
 
 def test_second_store_sees_changes(paths: tuple[Path, Path], store: SqliteStore) -> None:
+    # Changes by another connection are seen after refresh() (the server calls it at the
+    # start of every transaction), and without it within RECHECK_AFTER seconds.
     with SqliteStore(*paths) as cli:
         assert not store.is_local_domain("example.org")
         cli.add_domain("example.org")
+        store.refresh()
         assert store.is_local_domain("example.org")
         cli.add_user("alice@example.org", "pw")
+        store.refresh()
         assert store.resolve("alice@example.org") == mailboxes("alice@example.org")
         assert store.verify_password("alice@example.org", "pw")
         cli.add_alias("info@example.org", ["alice@example.org"])
+        store.refresh()
         assert store.resolve("info@example.org") == mailboxes("alice@example.org")
         cli.remove_alias("info@example.org")
         cli.remove_user("alice@example.org")
+        store.refresh()
         assert store.resolve("info@example.org") is None
         assert store.resolve("alice@example.org") is None
 
@@ -555,6 +562,20 @@ def test_raw_sql_change_is_seen(paths: tuple[Path, Path], store: SqliteStore) ->
     with conn:
         conn.execute("INSERT INTO domains (name, created) VALUES ('example.org', 0)")
     conn.close()
+    store.refresh()
+    assert store.is_local_domain("example.org")
+
+
+def test_change_is_seen_without_refresh_after_a_moment(
+    paths: tuple[Path, Path], store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import postbote.store.sqlite as sqlite_mod
+
+    assert not store.is_local_domain("example.org")
+    with SqliteStore(*paths) as cli:
+        cli.add_domain("example.org")
+    clock = time.monotonic() + sqlite_mod.RECHECK_AFTER + 0.01
+    monkeypatch.setattr(sqlite_mod.time, "monotonic", lambda: clock)
     assert store.is_local_domain("example.org")
 
 

@@ -46,6 +46,12 @@ class Directory(Protocol):
     Mutations raise NotFound / AlreadyExists / StoreError.
     """
 
+    def refresh(self) -> None:
+        """Make changes committed elsewhere (the CLI, another node) visible now. Called at
+        the start of every SMTP transaction and every delivery batch; in between,
+        lookups may answer from a snapshot up to a fraction of a second old."""
+        ...
+
     def is_local_domain(self, domain: str) -> bool: ...
 
     def resolve(self, address: str) -> Resolution | None:

@@ -39,6 +39,13 @@ from postbote.store.interfaces import QueueEntry, Resolution
 
 _log = logging.getLogger(__name__)
 
+# Lookups within RECHECK_AFTER seconds of the last check answer from the snapshot as it
+# is; later ones look for a sign of change (file stats), and ask SQLite itself when there
+# is one or REFRESH_INTERVAL has passed. refresh() asks at once: the SMTP backend calls
+# it at the start of every transaction, so a change is always seen by the next one.
+RECHECK_AFTER = 0.1
+REFRESH_INTERVAL = 1.0
+
 __all__ = ["MAX_ALIAS_DEPTH", "POSTMASTER", "SqliteStore", "normalize_address", "normalize_domain"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -158,6 +165,8 @@ class SqliteStore:
 
     def __init__(self, db_path: Path, queue_dir: Path) -> None:
         self._db_path = Path(db_path)
+        self._db_str = str(self._db_path)
+        self._wal_path = self._db_str + "-wal"
         self._queue_dir = Path(queue_dir)
         self._lock = threading.Lock()  # guards self._conn
         self._snap_lock = threading.Lock()  # guards self._snap_conn, self._snap, _data_version
@@ -177,6 +186,8 @@ class SqliteStore:
                 row = self._snap_conn.execute("PRAGMA data_version").fetchone()
                 self._data_version: int = row[0]
                 self._snap = _load_snapshot(self._snap_conn, None)
+                self._hint = self._change_hint()
+                self._checked = self._verified = time.monotonic()
                 undo.pop_all()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open store {self._db_path}: {exc}") from exc
@@ -208,6 +219,7 @@ class SqliteStore:
         with self._lock, self._snap_lock:
             self._conn.close()
             self._snap_conn.close()
+        self._checked = self._verified = float("-inf")  # lookups now fail: closed
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -234,19 +246,48 @@ class SqliteStore:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                self._checked = self._verified = float("-inf")  # our own change: look again
             finally:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
 
     # --- lookups (hot path) ------------------------------------------------------------------
 
-    def _snapshot(self) -> Snapshot:
+    def _change_hint(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """A cheap sign that another connection may have committed: the WAL and database
+        files' identity, size and mtime (a commit appends to the WAL; a checkpoint writes
+        the database). Two stat() calls instead of a locked query on every lookup."""
+        out: list[tuple[int, int, int] | None] = []
+        for path in (self._wal_path, self._db_str):
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def refresh(self) -> None:
+        """Make changes committed by other connections and processes visible now."""
+        self._snapshot(force=True)
+
+    def _snapshot(self, force: bool = False) -> Snapshot:
         with self._snap_lock:
+            now = time.monotonic()
+            if not force and now - self._checked < RECHECK_AFTER:
+                return self._snap  # checked a moment ago (a burst of lookups)
+            hint = self._change_hint()
+            # PRAGMA data_version is authoritative; ask it when the files changed, and at
+            # least every REFRESH_INTERVAL seconds (mtime granularity is coarse).
+            if not force and hint == self._hint and now - self._verified < REFRESH_INTERVAL:
+                self._checked = now
+                return self._snap
             try:
                 (version,) = self._snap_conn.execute("PRAGMA data_version").fetchone()
                 if version != self._data_version:
                     self._snap = _load_snapshot(self._snap_conn, self._snap)
                     self._data_version = version
+                self._hint, self._checked, self._verified = hint, now, now
             except sqlite3.ProgrammingError as exc:
                 raise StoreError(f"store is closed: {exc}") from exc
             except sqlite3.Error as exc:
