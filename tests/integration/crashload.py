@@ -82,12 +82,6 @@ class Ledger:
         with self.cond:
             return sum(1 for t in self.acked if t.startswith(prefix))
 
-    def wait_acked(self, prefix: str, count: int, timeout: float) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.acked_count(prefix) >= count, timeout)
-        if not ok:
-            raise AssertionError(f"only {self.acked_count(prefix)} of {count} acknowledged")
-
     def expected_in(self, box: str) -> set[str]:
         with self.cond:
             return {t for t, boxes in self.acked.items() if box in boxes}
@@ -106,6 +100,7 @@ class LoadRun:
     prefix: str
     workers: int = 8
     per_worker: int | None = None  # None: until stopped
+    lines: int | None = None  # body lines of every message; None: 0 to 119 by token
     allow_full: bool = False  # a 452 4.3.1 (disk full) is counted in ``full``, not an error
     full: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -119,6 +114,16 @@ class LoadRun:
             self._threads.append(t)
             t.start()
         return self
+
+    def wait_acked(self, count: int, timeout: float) -> None:
+        """Until ``count`` messages of this run were acknowledged; fails early on errors."""
+        ledger = self.ledger
+        with ledger.cond:
+            ledger.cond.wait_for(
+                lambda: self.errors or ledger.acked_count(self.prefix) >= count, timeout
+            )
+            acked = ledger.acked_count(self.prefix)
+        assert acked >= count, f"{acked} of {count} acknowledged; errors: {self.errors[:5]}"
 
     def join(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -142,7 +147,9 @@ class LoadRun:
             client = None
         except (OSError, AssertionError) as exc:  # smtplib.SMTPException is an OSError
             if not self.server_gone.is_set():
-                self.errors.append(f"worker {w}: {exc!r}")
+                with self.ledger.cond:
+                    self.errors.append(f"worker {w}: {exc!r}")
+                    self.ledger.cond.notify_all()
         finally:
             if client is not None:
                 client.close()
@@ -154,8 +161,8 @@ class LoadRun:
             for rcpt in rcpts:
                 code, reply = client.rcpt(rcpt)
                 assert code == 250, f"RCPT {rcpt}: {code} {reply!r}"
-            self.ledger.attempt(token, boxes)
-            code, reply = client.data(message_of(token, rcpts))
+            self.ledger.attempt(token, boxes, self.lines)
+            code, reply = client.data(message_of(token, rcpts, self.lines))
             if code == 250:
                 self.ledger.ack(token)
                 return

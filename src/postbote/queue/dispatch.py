@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class LocalDelivery:
         self._outbox: list[bytes] = []
         self._attempts: dict[str, int] = {}
         self._retry_handles: set[asyncio.TimerHandle] = set()
+        self._backoff: set[str] = set()  # in flight, but waiting for their retry time
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -58,6 +60,8 @@ class LocalDelivery:
             str(self.data_dir),
             "--hostname",
             self.hostname,
+            "--parent",
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -88,8 +92,15 @@ class LocalDelivery:
             proc.stdin.write(data)
 
     async def wait_idle(self) -> None:
-        """Until every submitted message was reported done (or failed)."""
+        """Until every submitted message was reported done, or failed and waits for a
+        retry (it stays in the spool: a restart delivers it)."""
         await self._idle.wait()
+
+    def _update_idle(self) -> None:
+        if len(self._inflight) <= len(self._backoff):
+            self._idle.set()
+        else:
+            self._idle.clear()
 
     async def close(self) -> None:
         self._closing = True
@@ -148,6 +159,7 @@ class LocalDelivery:
         ids = frames.decode_ids(payload)
         if kind == b"D":
             done = [i for i in ids if self._inflight.pop(i, None) is not None]
+            self._backoff.difference_update(done)
             self.spool.mark_done(done)
             self.delivered += len(done)
             for i in done:
@@ -157,17 +169,19 @@ class LocalDelivery:
                 message = self._inflight.get(i)
                 if message is not None:
                     self._schedule_retry(message)
-        if not self._inflight:
-            self._idle.set()
+        self._update_idle()
 
     def _schedule_retry(self, message: SpooledMessage) -> None:
         n = self._attempts.get(message.envelope.id, 0)
         self._attempts[message.envelope.id] = n + 1
         delay = RETRY_DELAYS[min(n, len(RETRY_DELAYS) - 1)]
+        self._backoff.add(message.envelope.id)
 
         def retry() -> None:
             self._retry_handles.discard(handle)
-            if message.envelope.id in self._inflight:
+            self._backoff.discard(message.envelope.id)
+            if message.envelope.id in self._inflight and not self._closing:
+                self._update_idle()
                 self._send(message, False)
 
         handle = asyncio.get_running_loop().call_later(delay, retry)

@@ -11,6 +11,7 @@ stdin closes, after finishing what it has read.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
 import select
@@ -23,6 +24,7 @@ from postbote.queue.local import Deliverer
 from postbote.spool import SpooledMessage
 from postbote.store.sqlite import SqliteStore
 
+PR_SET_PDEATHSIG = 1
 MAX_BATCH = 256
 LINGER_BELOW = 64  # fewer messages waiting than this: wait a little for more
 LINGER_SECONDS = 0.005
@@ -55,6 +57,18 @@ def _read_batch(fd: int, buf: bytearray) -> tuple[list[bytes], bool]:
     return got, eof
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: get SIGKILL when the server dies, so that a restarted server never runs
+    beside a leftover worker (delivery is idempotent either way)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the server died before prctl took effect
+        os._exit(1)
+
+
 def serve(deliverer: Deliverer, fd_in: int, fd_out: int) -> None:
     buf = bytearray()
     _write(fd_out, frames.frame(b"R"))
@@ -77,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="postbote-delivery")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--hostname", required=True)
+    p.add_argument("--parent", type=int, default=0, help="exit if this process dies")
     args = p.parse_args(argv)
+    if args.parent:
+        _die_with_parent(args.parent)
     # The server stops us by closing stdin once it has drained; a Ctrl-C or SIGTERM sent
     # to the whole process group must not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
