@@ -11,7 +11,6 @@ stdin closes, after finishing what it has read.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import select
@@ -19,12 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
+from postbote.process import die_with_parent
 from postbote.queue import frames
 from postbote.queue.local import Deliverer
 from postbote.spool import SpooledMessage
 from postbote.store.sqlite import SqliteStore
 
-PR_SET_PDEATHSIG = 1
 MAX_BATCH = 256
 LINGER_BELOW = 64  # fewer messages waiting than this: wait a little for more
 LINGER_SECONDS = 0.005
@@ -57,18 +56,6 @@ def _read_batch(fd: int, buf: bytearray) -> tuple[list[bytes], bool]:
     return got, eof
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: get SIGKILL when the server dies, so that a restarted server never runs
-    beside a leftover worker (delivery is idempotent either way)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the server died before prctl took effect
-        os._exit(1)
-
-
 def serve(deliverer: Deliverer, fd_in: int, fd_out: int) -> None:
     buf = bytearray()
     _write(fd_out, frames.frame(b"R"))
@@ -94,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=0, help="exit if this process dies")
     args = p.parse_args(argv)
     if args.parent:
-        _die_with_parent(args.parent)
+        die_with_parent(args.parent)
     # The server stops us by closing stdin once it has drained; a Ctrl-C or SIGTERM sent
     # to the whole process group must not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
