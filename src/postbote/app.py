@@ -19,9 +19,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from postbote import sasl
+from postbote.auth import Authenticator
 from postbote.config import Config, ListenAddress
 from postbote.errors import ConfigError
 from postbote.inbound import InboundBackend
+from postbote.policy.ratelimit import LimiterSettings
 from postbote.queue.dispatch import LocalDelivery
 from postbote.smtp.protocol import ServerSettings
 from postbote.smtp.server import SmtpServer
@@ -62,7 +65,11 @@ class App:
 
     def _settings(self, kind: _ListenerKind, tls_available: bool) -> ServerSettings:
         c = self.config
+        mode = getattr(c.auth, kind.name)  # "required" | "optional" | "off"
         return ServerSettings(
+            auth_mechanisms=sasl.MECHANISMS if mode != "off" else (),
+            auth_requires_tls=True,  # RFC 4954 §4, RFC 8314: never over plaintext
+            auth_required=mode == "required",
             hostname=c.hostname,
             max_message_size=c.limits.max_message_size,
             max_recipients=c.limits.max_recipients,
@@ -94,8 +101,23 @@ class App:
             delivery.submit(message, fresh=False)
         if recovered:
             log.info("recovered %d spooled messages", len(recovered))
+        authenticator = Authenticator(
+            store,
+            LimiterSettings(
+                max_failures_per_ip=c.auth.max_failures_per_ip,
+                max_failures_per_account=c.auth.max_failures_per_account,
+                window=c.auth.failure_window,
+                lockout=c.auth.lockout,
+                delay_after=c.auth.delay_after,
+            ),
+        )
         backend = InboundBackend(
-            hostname=c.hostname, directory=store, spool=spool, delivery=delivery
+            hostname=c.hostname,
+            directory=store,
+            spool=spool,
+            delivery=delivery,
+            authenticator=authenticator,
+            privacy=c.submission.privacy,
         )
         started = False
         try:

@@ -16,10 +16,13 @@ from typing import NoReturn
 
 from postbote import __version__
 from postbote.config import Config, load_config
-from postbote.errors import ConfigError, PostboteError
-from postbote.store.sqlite import SqliteStore
+from postbote.errors import ConfigError, NotFound, PostboteError
+from postbote.store.sqlite import SqliteStore, normalize_address
 
 Handler = Callable[[argparse.Namespace, Config], int]
+
+_USER_ACTIONS = ("add", "list", "remove", "passwd")
+_GRANT_ACTIONS = ("allow-sender", "disallow-sender")  # these take ADDRESS and PATTERN
 
 
 def _store(config: Config) -> SqliteStore:
@@ -89,12 +92,27 @@ def cmd_user(args: argparse.Namespace, config: Config) -> int:
             store.set_password(args.address, _read_password(args))
         elif args.action == "remove":
             store.remove_user(args.address)
+        elif args.action == "allow-sender":
+            store.allow_sender(args.address, args.pattern)
+        elif args.action == "disallow-sender":
+            store.disallow_sender(args.address, args.pattern)
+        elif args.action == "senders":
+            _print_sender_grants(store, args.address)
         else:
             for address in store.list_users(args.address):
                 print(address)
     finally:
         store.close()
     return 0
+
+
+def _print_sender_grants(store: SqliteStore, address: str) -> None:
+    """One grant a line; an unknown user is an error, not an empty list."""
+    user = normalize_address(address)
+    if user not in store.list_users(user.rpartition("@")[2]):
+        raise NotFound(f"no such user: {user}")
+    for pattern in store.sender_grants(user):
+        print(pattern)
 
 
 def cmd_alias(args: argparse.Namespace, config: Config) -> int:
@@ -162,9 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="*", metavar="DOMAIN")
     s.set_defaults(handler=cmd_domain)
 
-    s = sub.add_parser("user", parents=[common], help="manage users (mailboxes)")
-    s.add_argument("action", choices=["add", "list", "remove", "passwd"])
+    s = sub.add_parser(
+        "user",
+        parents=[common],
+        help="manage users (mailboxes) and what else they may send as",
+        description="PATTERN (allow-sender, disallow-sender): an address, or @domain for "
+        "every address in a domain.",
+    )
+    s.add_argument("action", choices=[*_USER_ACTIONS, *_GRANT_ACTIONS, "senders"])
     s.add_argument("address", nargs="?", metavar="ADDRESS")
+    s.add_argument("pattern", nargs="?", metavar="PATTERN")
     s.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     s.set_defaults(handler=cmd_user)
 
@@ -187,9 +212,22 @@ _NEEDS_ARG = {
     ("user", "add"),
     ("user", "remove"),
     ("user", "passwd"),
+    ("user", "senders"),
+    ("user", "allow-sender"),
+    ("user", "disallow-sender"),
     ("alias", "add"),
     ("alias", "remove"),
 }
+
+
+def _check_pattern(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``user`` takes a PATTERN only with allow-sender/disallow-sender, and needs it there."""
+    if args.command != "user":
+        return
+    if args.action in _GRANT_ACTIONS and not args.pattern:
+        parser.error(f"user {args.action} needs ADDRESS and PATTERN")
+    if args.action not in _GRANT_ACTIONS and args.pattern is not None:
+        parser.error(f"unrecognized arguments: {args.pattern}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not value:
             parser.error(f"{args.command} {action} needs an argument")
+    _check_pattern(parser, args)
     try:
         config = load_config(args.config)
         handler: Handler = args.handler

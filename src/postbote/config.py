@@ -182,6 +182,30 @@ class SpoolConfig:
     segment_size: int = field(default=64 * 1024 * 1024, metadata=_greater_than(0))
 
 
+_AUTH_MODES = _one_of("required", "optional", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """SMTP AUTH (RFC 4954) per listener kind, and the brute-force limits."""
+
+    smtp: str = field(default="off", metadata=_AUTH_MODES)  # MX: no logins
+    submission: str = field(default="required", metadata=_AUTH_MODES)  # RFC 6409 §4.1
+    submissions: str = field(default="required", metadata=_AUTH_MODES)
+    max_failures_per_ip: int = field(default=10, metadata=_greater_than(0))
+    max_failures_per_account: int = field(default=10, metadata=_greater_than(0))
+    failure_window: float = field(default=900.0, metadata=_greater_than(0))
+    lockout: float = field(default=900.0, metadata=_at_least(0))
+    delay_after: int = field(default=3, metadata=_at_least(0))
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """What submission does to users' messages (RFC 6409 §8)."""
+
+    privacy: bool = True  # omit the client's IP address from Received: for logged-in users
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; built only by `load_config`, `parse_config` or by tests."""
@@ -194,6 +218,8 @@ class Config:
     smtp: SmtpConfig
     spool: SpoolConfig
     source: str = field(metadata={"internal": True})  # the file path or EMBEDDED_SOURCE
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
 
 
 def _listen_problem(listen: ListenConfig) -> tuple[str, str] | None:
@@ -232,7 +258,7 @@ class _Context:
         return self.error(key, f"expected {what}, got {_show(value)}")
 
 
-_SCALARS = {int: "an integer", float: "a number", str: "a string"}
+_SCALARS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _to_scalar(type_: type[Any], value: Any, key: str, ctx: _Context) -> Any:

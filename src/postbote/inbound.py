@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import time
 
+from postbote.auth import Authenticator, Outcome
 from postbote.envelope import Envelope, Recipient
 from postbote.errors import SpoolError, SpoolFull
 from postbote.policy.relay import check_recipient
+from postbote.policy.senders import may_send_as
+from postbote.policy.submission import add_missing_headers, check_from
 from postbote.queue.dispatch import LocalDelivery
 from postbote.received import protocol_name, received_header
 from postbote.smtp import replies as R
-from postbote.smtp.events import MailFrom, RcptTo
+from postbote.smtp.events import AuthRequested, AuthResponse, MailFrom, RcptTo
 from postbote.smtp.grammar import Address
 from postbote.smtp.protocol import ServerConnection
 from postbote.smtp.replies import Reply
@@ -27,24 +30,67 @@ from postbote.store.interfaces import Directory
 
 log = logging.getLogger("postbote.inbound")
 
+C553_SENDER_NOT_OWNED = Reply.make(553, "5.7.1", "Sender address not allowed for this user")
+
 
 class InboundBackend:
     """Answers MAIL/RCPT/end-of-data for the SMTP sessions of all listeners."""
 
     def __init__(
-        self, *, hostname: str, directory: Directory, spool: Spool, delivery: LocalDelivery
+        self,
+        *,
+        hostname: str,
+        directory: Directory,
+        spool: Spool,
+        delivery: LocalDelivery,
+        authenticator: Authenticator | None = None,
+        privacy: bool = True,
     ) -> None:
         self.hostname = hostname
         self.directory = directory
         self.spool = spool
         self.delivery = delivery
+        self.authenticator = authenticator
+        self.privacy = privacy
         self.accepted = 0
+
+    async def auth(self, info: SessionInfo, event: AuthRequested | AuthResponse) -> Outcome:
+        """RFC 4954: run one step of the client's SASL exchange."""
+        if self.authenticator is None:
+            return Outcome(reply=R.C502_NOT_IMPLEMENTED)
+        if isinstance(event, AuthRequested):
+            exchange, refusal = self.authenticator.begin(info.client_ip, event.mechanism)
+            if refusal is not None:
+                return refusal
+            assert exchange is not None
+            info.sasl = exchange
+            outcome = await self.authenticator.step(
+                info.client_ip, exchange, event.initial_response, first=True
+            )
+        else:
+            if info.sasl is None:
+                return Outcome(reply=R.C503_BAD_SEQUENCE)
+            outcome = await self.authenticator.step(
+                info.client_ip, info.sasl, event.data, first=False
+            )
+        if outcome.challenge is None:
+            info.sasl = None  # the exchange is over
+        return outcome
 
     def check_mail(self, info: SessionInfo, event: MailFrom) -> Reply | None:
         # RFC 1870 §6.1 / issue: a full disk refuses new mail with 452 4.3.1 up front.
         if not self.spool.has_space(event.params.size or 0):
             return R.C452_INSUFFICIENT_STORAGE
         self.directory.refresh()  # each transaction sees the directory as it is now
+        user = info.authenticated
+        # RFC 6409 §6.1: a user sends only as an address that is theirs.
+        if (
+            user is not None
+            and event.sender is not None
+            and not may_send_as(user, str(event.sender), self.directory)
+        ):
+            log.warning("sender refused user=%s sender=%s", user, event.sender)
+            return C553_SENDER_NOT_OWNED
         return None
 
     def _postmaster_domain(self) -> str | None:
@@ -95,6 +141,15 @@ class InboundBackend:
             tls=info.tls,
             auth=info.authenticated,
         )
+        user = info.authenticated
+        if user is not None:
+            refusal = check_from(body, lambda a: may_send_as(user, a, self.directory))
+            if refusal is not None:
+                log.warning("From: refused user=%s", user)
+                return refusal
+            body = add_missing_headers(  # RFC 6409 §8.2 (Date), §8.3 (Message-ID)
+                body, now=now, hostname=self.hostname, unique=queue_id
+            )
         header = received_header(
             helo=info.helo,
             client_ip=info.client_ip,
@@ -102,12 +157,13 @@ class InboundBackend:
             protocol=protocol_name(
                 esmtp=info.esmtp,
                 tls=info.tls,
-                authenticated=info.authenticated is not None,
+                authenticated=user is not None,
                 smtputf8=params.smtputf8,
             ),
             queue_id=queue_id,
             recipient=recipients[0].address if len(recipients) == 1 else None,
             now=now,
+            hide_client=self.privacy and user is not None,  # a user's IP is private
         )
         message = header + body
         try:

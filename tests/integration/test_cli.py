@@ -170,6 +170,33 @@ def test_alias_add_list_remove(cli: Cli) -> None:
     assert cli.ok("alias", "list") == ""
 
 
+def test_user_sender_grants(cli: Cli) -> None:
+    cli.ok("domain", "add", DOMAIN)
+    cli.ok("user", "add", ALICE, "--password-stdin", stdin=PASSWORD + "\n")
+    assert cli.ok("user", "senders", ALICE) == ""
+    assert cli.ok("user", "allow-sender", "Alice@Example.Test", "Boss@Remote.TEST") == ""
+    cli.ok("user", "allow-sender", ALICE, "*@Other.Test.")
+    cli.ok("user", "allow-sender", ALICE, "@bücher.test")
+    assert cli.ok("user", "senders", "ALICE@example.test").splitlines() == [
+        "@other.test",
+        "@xn--bcher-kva.test",
+        "boss@remote.test",
+    ]
+    assert cli.query("SELECT address, pattern FROM sender_grants ORDER BY 2") == [
+        (ALICE, "@other.test"),
+        (ALICE, "@xn--bcher-kva.test"),
+        (ALICE, "boss@remote.test"),
+    ]
+    assert "already" in one_line_error(cli.run("user", "allow-sender", ALICE, "@other.test"))
+    cli.ok("user", "disallow-sender", ALICE, "@other.test")
+    assert cli.ok("user", "senders", ALICE).splitlines() == [
+        "@xn--bcher-kva.test",
+        "boss@remote.test",
+    ]
+    cli.ok("user", "remove", ALICE)  # the grants go with the user
+    assert cli.query("SELECT * FROM sender_grants") == []
+
+
 def test_queue_list_empty(cli: Cli) -> None:
     assert cli.ok("queue", "list") == "queue is empty\n"
     assert json.loads(cli.ok("queue", "list", "--json")) == []
@@ -220,6 +247,13 @@ FAILING = {
     "alias-is-user": (("alias", "add", ALICE, f"bob@{DOMAIN}"), ""),
     "alias-not-local": (("alias", "add", "team@nope.test", ALICE), ""),
     "alias-remove-unknown": (("alias", "remove", f"team@{DOMAIN}"), ""),
+    "allow-sender-unknown-user": (("user", "allow-sender", f"bob@{DOMAIN}", "@other.test"), ""),
+    "allow-sender-bad-pattern": (("user", "allow-sender", ALICE, "other.test"), ""),
+    "allow-sender-bad-domain": (("user", "allow-sender", ALICE, "*@a..b"), ""),
+    "disallow-sender-absent": (("user", "disallow-sender", ALICE, "@other.test"), ""),
+    "senders-unknown-user": (("user", "senders", f"bob@{DOMAIN}"), ""),
+    "senders-unknown-domain": (("user", "senders", "bob@nope.test"), ""),
+    "senders-invalid": (("user", "senders", "no-at-sign"), ""),
 }
 
 
@@ -233,6 +267,7 @@ def test_error_is_one_line(populated: Cli, case: str) -> None:
     assert populated.query("SELECT name FROM domains") == [(DOMAIN,)]
     assert populated.query("SELECT address FROM users") == [(ALICE,)]
     assert populated.query("SELECT alias FROM aliases") == []
+    assert populated.query("SELECT * FROM sender_grants") == []
 
 
 def test_password_prompt_without_tty_is_one_line_error(populated: Cli) -> None:
@@ -246,3 +281,23 @@ def test_usage_error_is_one_line(populated: Cli, args: tuple[str, ...]) -> None:
     result = populated.run(*args)
     assert result.returncode == 2
     one_line_error(result)
+
+
+USAGE_ERRORS = {
+    "allow-no-pattern": (("user", "allow-sender", ALICE), "PATTERN"),
+    "disallow-no-pattern": (("user", "disallow-sender", ALICE), "PATTERN"),
+    "allow-nothing": (("user", "allow-sender"), "needs an argument"),
+    "senders-nothing": (("user", "senders"), "needs an argument"),
+    "remove-extra": (("user", "remove", ALICE, "extra"), "unrecognized arguments: extra"),
+    "senders-extra": (("user", "senders", ALICE, "@x.test"), "unrecognized arguments: @x.test"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_sender_grant_usage_error_is_one_line(populated: Cli, case: str) -> None:
+    args, expected = USAGE_ERRORS[case]
+    result = populated.run(*args)
+    assert result.returncode == 2
+    assert expected in one_line_error(result)
+    assert populated.query("SELECT address FROM users") == [(ALICE,)]
+    assert populated.query("SELECT * FROM sender_grants") == []

@@ -34,6 +34,18 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 TOOL_TIMEOUT = 60.0
 
+# These tests exercise the TLS transports of every listener with unauthenticated clients;
+# logins are tested in test_submission.py. So AUTH is optional on the submission ports here.
+OPTIONAL_AUTH = '[auth]\nsubmission = "optional"\nsubmissions = "optional"\n'
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = new_server(tmp_path_factory.mktemp("module") / "node", extra_config=OPTIONAL_AUTH)
+    server.start()
+    yield server
+    server.kill()
+
 
 # --- helpers ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tests.integration.conftest import (
     DOMAIN,
     RawSmtp,
     ServerProcess,
+    new_server,
     tls_client_context,
     wait_for,
 )
@@ -35,6 +37,18 @@ DISGUISES = [
     "user@example.test.remote.test",
     "user@sub.example.test",
 ]
+
+# With AUTH optional on the submission ports, an unauthenticated client there must be
+# treated like one on the MX port: "optional" never opens a relay.
+OPTIONAL_AUTH = '[auth]\nsubmission = "optional"\nsubmissions = "optional"\n'
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = new_server(tmp_path_factory.mktemp("module") / "node", extra_config=OPTIONAL_AUTH)
+    server.start()
+    yield server
+    server.kill()
 
 
 def mail_files(server: ServerProcess) -> list[Path]:
@@ -61,7 +75,7 @@ def connect(server: ServerProcess, listener: str) -> RawSmtp:
         client.wrap_tls(tls_client_context(server))
         answer = client.cmd("EHLO client.test")
         assert answer.code == 250
-        assert not any("AUTH" in line for line in answer.lines)  # no AUTH yet: no relaying
+        assert any("AUTH" in line for line in answer.lines)  # offered, but not used here
     return client
 
 

@@ -624,6 +624,138 @@ def test_concurrent_threads(example: SqliteStore) -> None:
     assert example.resolve("user19@example.org") == mailboxes("user19@example.org")
 
 
+# --- sender grants -------------------------------------------------------------------------
+
+
+def test_sender_grants(example: SqliteStore) -> None:
+    example.allow_sender("Alice@Example.org", "Boss@Remote.TEST.")
+    example.allow_sender("alice@example.org", "*@Example.NET")
+    example.allow_sender("alice@example.org", "@Bücher.example")
+    example.allow_sender("bob@example.org", "@example.net")
+    assert example.sender_grants("ALICE@example.org") == [
+        "@example.net",
+        "@xn--bcher-kva.example",
+        "boss@remote.test",
+    ]
+    assert example.sender_grants("bob@example.org") == ["@example.net"]
+    # the same grant in another spelling exists already
+    for same in ("boss@remote.test", "@example.net", "*@EXAMPLE.net.", "@bücher.EXAMPLE"):
+        with pytest.raises(AlreadyExists):
+            example.allow_sender("alice@example.org", same)
+    example.disallow_sender("alice@EXAMPLE.org", "*@example.net")
+    assert example.sender_grants("alice@example.org") == [
+        "@xn--bcher-kva.example",
+        "boss@remote.test",
+    ]
+    assert example.sender_grants("bob@example.org") == ["@example.net"]
+    with pytest.raises(NotFound):
+        example.disallow_sender("alice@example.org", "@example.net")
+    with pytest.raises(NotFound):
+        example.disallow_sender("carol@example.org", "@example.net")
+
+
+def test_sender_grants_of_nobody(example: SqliteStore) -> None:
+    assert example.sender_grants("alice@example.org") == []
+    assert example.sender_grants("carol@example.org") == []
+    assert example.sender_grants("not an address") == []
+    assert example.sender_grants("") == []
+
+
+@pytest.mark.parametrize(
+    ("address", "pattern", "error", "message"),
+    [
+        ("carol@example.org", "@example.net", NotFound, "no such user"),
+        ("info@example.org", "@example.net", NotFound, "no such user"),  # an alias
+        ("carol@remote.test", "@example.net", NotFound, "no such user"),
+        ("alice example.org", "@example.net", StoreError, "invalid address"),
+        ("alice@example.org", "", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "@", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "*@", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "*", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "example.net", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "@a..b", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "@a@b.example", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "boss@", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "bo ss@remote.test", StoreError, "invalid sender pattern"),
+        ("alice@example.org", "boss@remote.test\r\nX: y", StoreError, "invalid sender pattern"),
+    ],
+)
+def test_allow_sender_errors(
+    example: SqliteStore, address: str, pattern: str, error: type[Exception], message: str
+) -> None:
+    example.add_alias("info@example.org", ["alice@example.org"])
+    with pytest.raises(error, match=message):
+        example.allow_sender(address, pattern)
+    assert example.sender_grants("alice@example.org") == []
+    assert example.sender_grants("info@example.org") == []
+
+
+def test_sender_grants_go_with_their_user(paths: tuple[Path, Path], example: SqliteStore) -> None:
+    example.allow_sender("alice@example.org", "@example.net")
+    example.allow_sender("bob@example.org", "@example.net")
+    example.remove_user("alice@example.org")
+    assert example.sender_grants("alice@example.org") == []
+    conn = sqlite3.connect(paths[0])
+    try:
+        rows = conn.execute("SELECT address, pattern FROM sender_grants").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("bob@example.org", "@example.net")]
+    example.add_user("alice@example.org", "pw")  # a new alice starts without grants
+    assert example.sender_grants("alice@example.org") == []
+
+
+def test_sender_grants_changed_elsewhere_are_seen(
+    paths: tuple[Path, Path], example: SqliteStore
+) -> None:
+    assert example.sender_grants("alice@example.org") == []
+    with SqliteStore(*paths) as cli:
+        cli.allow_sender("alice@example.org", "@example.net")
+        example.refresh()
+        assert example.sender_grants("alice@example.org") == ["@example.net"]
+        cli.disallow_sender("alice@example.org", "@example.net")
+    example.refresh()
+    assert example.sender_grants("alice@example.org") == []
+    conn = sqlite3.connect(paths[0])  # raw SQL: the triggers of migration 2 see it too
+    with conn:
+        conn.execute("INSERT INTO sender_grants VALUES ('bob@example.org', 'x@remote.test')")
+    conn.close()
+    example.refresh()
+    assert example.sender_grants("bob@example.org") == ["x@remote.test"]
+
+
+def test_sender_grants_answer_from_memory(example: SqliteStore) -> None:
+    """Like resolve, sender_grants never waits for the connection a writer holds."""
+    example.allow_sender("alice@example.org", "@example.net")
+    assert example.sender_grants("alice@example.org") == ["@example.net"]
+    with ThreadPoolExecutor(max_workers=1) as pool, example._lock:  # the lock is let go first
+        future = pool.submit(example.sender_grants, "alice@example.org")
+        assert future.result(timeout=10) == ["@example.net"]
+
+
+def test_version_1_database_is_migrated(paths: tuple[Path, Path]) -> None:
+    db = paths[0]
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO domains VALUES ('example.org', 0)")
+    conn.close()
+    with SqliteStore(*paths) as s:
+        s.add_user("alice@example.org", "pw")
+        assert s.sender_grants("alice@example.org") == []
+        with SqliteStore(*paths) as other:
+            other.allow_sender("alice@example.org", "@example.net")
+        s.refresh()
+        assert s.sender_grants("alice@example.org") == ["@example.net"]
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 2
+    finally:
+        conn.close()
+
+
 # --- queue ---------------------------------------------------------------------------------
 
 

@@ -13,8 +13,9 @@ import logging
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
+from postbote.auth import Outcome
 from postbote.smtp import replies as R
 from postbote.smtp.events import (
     NEED_DATA,
@@ -30,6 +31,9 @@ from postbote.smtp.events import (
 )
 from postbote.smtp.protocol import ServerConnection, ServerSettings
 from postbote.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from postbote.sasl import Exchange
 
 log = logging.getLogger("postbote.smtp")
 
@@ -48,6 +52,7 @@ class SessionInfo:
     tls: bool = False
     authenticated: str | None = None
     esmtp: bool = False
+    sasl: Exchange | None = None  # the AUTH exchange under way, if any
 
 
 class SmtpBackend(Protocol):
@@ -59,6 +64,11 @@ class SmtpBackend(Protocol):
     def check_mail(self, info: SessionInfo, event: MailFrom) -> Reply | None: ...
 
     def check_rcpt(self, info: SessionInfo, event: RcptTo) -> Reply | None: ...
+
+    def auth(self, info: SessionInfo, event: AuthRequested | AuthResponse) -> Awaitable[Outcome]:
+        """One step of SMTP AUTH (RFC 4954): the next challenge, success, or a reply
+        (501/535, or 421 with ``close``)."""
+        ...
 
     def deliver(self, info: SessionInfo, conn: ServerConnection, body: bytes) -> Awaitable[Reply]:
         """Durably accept the message of the current transaction (``conn.sender``,
@@ -226,8 +236,10 @@ class SmtpSession(asyncio.Protocol):
                 self._flush()
                 self.loop.create_task(self._start_tls())
                 break
-            elif type(ev) in (AuthRequested, AuthResponse):
-                conn.reject(R.C502_NOT_IMPLEMENTED)  # the accounts issue fills this hook
+            elif type(ev) is AuthRequested or type(ev) is AuthResponse:
+                self._flush()
+                self.loop.create_task(self._auth(ev))
+                break
             elif type(ev) is ConnectionClosed:
                 self._flush()
                 self._closing = True
@@ -260,6 +272,33 @@ class SmtpSession(asyncio.Protocol):
             conn.accept(reply)
         else:
             conn.reject(reply)
+        self._pump()
+
+    async def _auth(self, ev: AuthRequested | AuthResponse) -> None:
+        conn, info = self.conn, self.info
+        assert conn is not None and info is not None
+        try:
+            outcome = await self.server.backend.auth(info, ev)
+        except Exception:
+            log.exception("AUTH failed internally")
+            outcome = Outcome(reply=R.C451_LOCAL_ERROR)
+        if conn.closed:
+            return
+        now = self.loop.time()
+        if outcome.challenge is not None:
+            conn.auth_challenge(outcome.challenge, now=now)
+        elif outcome.identity is not None:
+            conn.auth_success(outcome.identity, now=now)
+            info.authenticated = outcome.identity
+        else:
+            assert outcome.reply is not None
+            conn.reject(outcome.reply, now=now)
+            if outcome.close:
+                self._flush()
+                self._closing = True
+                if self.transport is not None:
+                    self.transport.close()
+                return
         self._pump()
 
     async def _start_tls(self) -> None:

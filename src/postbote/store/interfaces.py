@@ -72,6 +72,25 @@ class Directory(Protocol):
     def remove_alias(self, alias: str, targets: Sequence[str] = ()) -> None: ...
     def list_aliases(self) -> list[tuple[str, list[str]]]: ...
 
+    def sender_grants(self, address: str) -> list[str]:
+        """What the user ``address`` may send as besides its own addresses and the aliases
+        that deliver to it (RFC 6409 §6.1): normalised addresses ('local@domain', any
+        domain) and whole domains ('@domain'), sorted. [] for a user without grants, an
+        unknown user or a malformed address. Called on the event loop for every submitted
+        message: answered from memory, like ``resolve``."""
+        ...
+
+    def allow_sender(self, address: str, pattern: str) -> None:
+        """Grant the user ``address`` the ``pattern``: an address, or '@domain' (also
+        written '*@domain') for every address in a domain. NotFound if no such user,
+        AlreadyExists if granted already, StoreError if the pattern is invalid. Grants go
+        with their user when it is removed."""
+        ...
+
+    def disallow_sender(self, address: str, pattern: str) -> None:
+        """Take back a grant; NotFound if there is no such grant."""
+        ...
+
 
 class QueueStore(Protocol):
     """The outbound queue: messages for remote recipients.

@@ -1,4 +1,5 @@
-"""The embedded store: domains, users, aliases and the outbound queue in one SQLite file.
+"""The embedded store: domains, users, aliases, sender grants and the outbound queue in one
+SQLite file.
 
 Owns the schema and its migrations, the normal form of addresses and domains in the
 directory, the in-memory snapshot that answers ``is_local_domain``/``resolve`` on the event
@@ -15,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -46,7 +47,14 @@ _log = logging.getLogger(__name__)
 RECHECK_AFTER = 0.1
 REFRESH_INTERVAL = 1.0
 
-__all__ = ["MAX_ALIAS_DEPTH", "POSTMASTER", "SqliteStore", "normalize_address", "normalize_domain"]
+__all__ = [
+    "MAX_ALIAS_DEPTH",
+    "POSTMASTER",
+    "SqliteStore",
+    "normalize_address",
+    "normalize_domain",
+    "normalize_sender_pattern",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # Queue ids become file names in queue_dir: no separators, no leading dot.
@@ -56,13 +64,20 @@ _QUEUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
 # --- schema ----------------------------------------------------------------------------------
 
 
-def _version_triggers() -> tuple[str, ...]:
+_DIRECTORY_TABLES = {
+    "domains": "name",
+    "users": "address, domain",
+    "aliases": "alias, domain, target",
+}
+
+
+def _version_triggers(watched: Mapping[str, str] = _DIRECTORY_TABLES) -> tuple[str, ...]:
     """Triggers that bump directory_version on every change the snapshot depends on.
 
     ``PRAGMA data_version`` changes on any commit, queue writes included; this counter says
     whether the directory itself changed, so the snapshot is reloaded only then.
+    ``watched`` maps each table to the columns whose update counts as a change.
     """
-    watched = {"domains": "name", "users": "address, domain", "aliases": "alias, domain, target"}
     return tuple(
         f"CREATE TRIGGER {table}_{event.split()[0].lower()}_bump AFTER {event} ON {table} "
         "BEGIN UPDATE directory_version SET version = version + 1; END"
@@ -120,6 +135,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO directory_version (id, version) VALUES (1, 0)",
         *_version_triggers(),
     ),
+    # 2: sender grants are answered from memory too (sender_grants), so changing them
+    # bumps directory_version like any other directory change.
+    _version_triggers({"sender_grants": "address, pattern"}),
 )
 
 
@@ -170,6 +188,10 @@ class SqliteStore:
         self._queue_dir = Path(queue_dir)
         self._lock = threading.Lock()  # guards self._conn
         self._snap_lock = threading.Lock()  # guards self._snap_conn, self._snap, _data_version
+        # Sender grants by user, loaded (under _snap_lock) for the snapshot version they
+        # were read at; see sender_grants.
+        self._grants: dict[str, tuple[str, ...]] = {}
+        self._grants_version = -1
         try:
             _make_private_dir(self._db_path.parent)
             _make_private_dir(self._queue_dir)
@@ -515,6 +537,66 @@ class SqliteStore:
             grouped.setdefault(alias, []).append(target)
         return [(alias, sorted(grouped[alias])) for alias in sorted(grouped)]
 
+    # --- sender grants -----------------------------------------------------------------------
+
+    def allow_sender(self, address: str, pattern: str) -> None:
+        """Let the user ``address`` also send as ``pattern`` (RFC 6409 §6.1): an address
+        (any domain) or a whole domain written ``@domain`` (``*@domain`` is the same)."""
+        addr = normalize_address(address)
+        form = normalize_sender_pattern(pattern)
+        with self._transaction() as conn:
+            if _first(conn, _USER, addr) is None:
+                raise NotFound(f"no such user: {addr}")
+            try:
+                conn.execute(
+                    "INSERT INTO sender_grants (address, pattern) VALUES (?, ?)", (addr, form)
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"{addr} may send as {form} already") from None
+
+    def disallow_sender(self, address: str, pattern: str) -> None:
+        addr = normalize_address(address)
+        form = normalize_sender_pattern(pattern)
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM sender_grants WHERE address = ? AND pattern = ?", (addr, form)
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no grant for {addr} to send as {form}")
+
+    def sender_grants(self, address: str) -> list[str]:
+        """The patterns ``address`` may send as besides its own addresses, sorted; [] for an
+        unknown user or a malformed address. Answered from memory like ``resolve``: grants
+        are reloaded only when the directory changed (migration 2 makes them count)."""
+        try:
+            addr = normalize_address(address)
+        except StoreError:
+            return []
+        version = self._snapshot().version
+        with self._snap_lock:
+            if self._grants_version != version:
+                self._load_grants(version)
+            return list(self._grants.get(addr, ()))
+
+    def _load_grants(self, version: int) -> None:
+        """Read all grants on the snapshot connection (a reader: it never waits for a
+        writer). Rows read after the snapshot are at least as new as ``version``; a newer
+        directory version loads them again."""
+        try:
+            rows = self._snap_conn.execute(
+                "SELECT address, pattern FROM sender_grants ORDER BY address, pattern"
+            ).fetchall()
+        except sqlite3.ProgrammingError as exc:
+            raise StoreError(f"store is closed: {exc}") from exc
+        except sqlite3.Error as exc:
+            _log.warning("loading sender grants failed, using the previous ones: %s", exc)
+            return
+        grants: dict[str, list[str]] = {}
+        for addr, pattern in rows:
+            grants.setdefault(addr, []).append(pattern)
+        self._grants = {addr: tuple(patterns) for addr, patterns in grants.items()}
+        self._grants_version = version
+
     # --- queue -------------------------------------------------------------------------------
 
     def enqueue(self, envelope: Envelope, body: bytes, recipients: Sequence[str]) -> None:
@@ -624,6 +706,19 @@ def _credentials(password: str) -> tuple[str, ScramKeys]:
         return passwords.hash_password(password), passwords.scram_keys(password)
     except UnicodeError:
         raise StoreError("password is not valid Unicode text") from None
+
+
+def normalize_sender_pattern(pattern: str) -> str:
+    """The stored form of a sender grant: a normalised address, or ``@domain`` for every
+    address in a domain (``*@domain`` is accepted for it); StoreError if invalid."""
+    try:
+        if pattern.startswith(("@", "*@")):
+            return "@" + normalize_domain(pattern.partition("@")[2])
+        return normalize_address(pattern)
+    except StoreError:
+        raise StoreError(
+            f"invalid sender pattern: {pattern!r} (an address, or @domain for a whole domain)"
+        ) from None
 
 
 def _as_tuple(addresses: Sequence[str]) -> tuple[str, ...]:
