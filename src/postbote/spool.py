@@ -54,6 +54,7 @@ from typing import BinaryIO
 
 from postbote.envelope import Envelope
 from postbote.errors import SpoolError, SpoolFull
+from postbote.fsutil import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +149,6 @@ def _decode_message(payload: bytes) -> SpooledMessage:
     if end > len(payload):
         raise ValueError("envelope length exceeds record")
     return SpooledMessage(Envelope.from_json(payload[_U32.size : end]), payload[end:])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -264,7 +257,7 @@ class Spool:
     def _prepare_directory(self) -> None:
         if not self._dir.is_dir():
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _fsync_dir(self._dir.parent)
+            fsync_path(self._dir.parent)
         fd = os.open(self._dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -542,7 +535,7 @@ class Spool:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
         try:
-            _fsync_dir(self._dir)
+            fsync_path(self._dir)
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -598,7 +591,7 @@ class Spool:
     def _unlink_segment(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        _fsync_dir(self._dir)
+        fsync_path(self._dir)
 
     def _segment_path(self, number: int) -> Path:
         return self._dir / f"seg-{number:020d}.log"

@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from postbote.config import Config
 from postbote.errors import ConfigError
+from postbote.fsutil import fsync_path
 
 SELF_SIGNED_VALIDITY = datetime.timedelta(days=3650)
 
@@ -45,7 +46,7 @@ def ensure_certificate(config: Config) -> tuple[Path, Path]:
     cert_pem, key_pem = _self_signed(config.hostname)
     _write_atomically(key_path, key_pem, 0o600)
     _write_atomically(cert_path, cert_pem, 0o644)
-    _fsync_directory(directory)
+    fsync_path(directory)
     return cert_path, key_path
 
 
@@ -93,14 +94,6 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:

@@ -192,13 +192,24 @@ def new_server(
     return server
 
 
-@pytest.fixture(scope="module")
-def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One running server (alice, bob) for all tests of a module that do not interfere."""
-    server = new_server(tmp_path_factory.mktemp("module") / "node")
+def running_module_server(
+    tmp_path_factory: pytest.TempPathFactory, extra_config: str = ""
+) -> Iterator[ServerProcess]:
+    server = new_server(tmp_path_factory.mktemp("module") / "node", extra_config=extra_config)
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One running server (alice, bob) for all tests of a module that do not interfere."""
+    yield from running_module_server(tmp_path_factory)
+
+
+# AUTH optional on the submission ports: unauthenticated clients there are treated as on
+# the MX port (local recipients only). Modules that test transports, not logins, use it.
+OPTIONAL_AUTH = '[auth]\nsubmission = "optional"\nsubmissions = "optional"\n'
 
 
 def tls_client_context(server: ServerProcess) -> ssl.SSLContext:

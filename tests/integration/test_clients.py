@@ -22,10 +22,12 @@ import pytest
 
 from tests.integration.conftest import (
     DOMAIN,
+    OPTIONAL_AUTH,
     RawSmtp,
     ServerProcess,
     new_server,
     require_tool,
+    running_module_server,
     tls_client_context,
     wait_for,
 )
@@ -34,17 +36,12 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 TOOL_TIMEOUT = 60.0
 
+
 # These tests exercise the TLS transports of every listener with unauthenticated clients;
 # logins are tested in test_submission.py. So AUTH is optional on the submission ports here.
-OPTIONAL_AUTH = '[auth]\nsubmission = "optional"\nsubmissions = "optional"\n'
-
-
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = new_server(tmp_path_factory.mktemp("module") / "node", extra_config=OPTIONAL_AUTH)
-    server.start()
-    yield server
-    server.kill()
+    yield from running_module_server(tmp_path_factory, OPTIONAL_AUTH)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ import pytest
 
 from tests.integration.conftest import (
     DOMAIN,
+    OPTIONAL_AUTH,
     RawSmtp,
     ServerProcess,
-    new_server,
+    running_module_server,
     tls_client_context,
     wait_for,
 )
@@ -38,17 +39,12 @@ DISGUISES = [
     "user@sub.example.test",
 ]
 
+
 # With AUTH optional on the submission ports, an unauthenticated client there must be
 # treated like one on the MX port: "optional" never opens a relay.
-OPTIONAL_AUTH = '[auth]\nsubmission = "optional"\nsubmissions = "optional"\n'
-
-
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = new_server(tmp_path_factory.mktemp("module") / "node", extra_config=OPTIONAL_AUTH)
-    server.start()
-    yield server
-    server.kill()
+    yield from running_module_server(tmp_path_factory, OPTIONAL_AUTH)
 
 
 def mail_files(server: ServerProcess) -> list[Path]:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from postbote.fsutil import fsync_path
+
 _SUBDIRS = ("tmp", "new", "cur")
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-=")
 _SYNCFS_MIN_ITEMS = 4  # above this many files, one syncfs beats one fsync per file
@@ -305,7 +307,7 @@ def _sync_filesystems(batch: _Batch, writes: list[_Write]) -> list[_Write]:
         try:
             _syncfs_path(group[0].item.root)
         except OSError:
-            group = _run(batch, group, lambda w: _fsync_path(w.tmp))
+            group = _run(batch, group, lambda w: fsync_path(w.tmp))
         ok.extend(group)
     ok.sort(key=lambda w: w.index)
     return ok
@@ -331,7 +333,7 @@ def _sync_directories(batch: _Batch, writes: list[_Write]) -> None:
                 continue
         for d in sorted(group):
             try:
-                _fsync_path(d)
+                fsync_path(d)
             except OSError as exc:
                 failed[d] = exc
     for w in writes:
@@ -339,14 +341,6 @@ def _sync_directories(batch: _Batch, writes: list[_Write]) -> None:
         if error is not None:  # the name may not be durable: the caller retries
             for i in (w.index, *w.duplicates):
                 batch.results[i] = error
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

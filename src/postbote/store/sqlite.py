@@ -24,6 +24,7 @@ from typing import Any
 from postbote import passwords
 from postbote.envelope import Envelope
 from postbote.errors import AlreadyExists, NotFound, StoreError
+from postbote.fsutil import fsync_path
 from postbote.passwords import ScramKeys
 from postbote.store.addresses import (
     MAX_ALIAS_DEPTH,
@@ -653,7 +654,7 @@ class SqliteStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
-            _fsync_dir(self._queue_dir)
+            fsync_path(self._queue_dir)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -737,11 +738,3 @@ def _make_private_dir(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
