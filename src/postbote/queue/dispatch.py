@@ -44,6 +44,7 @@ class LocalDelivery:
         self._reader: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._closing = False
+        self._restarting: asyncio.Task[None] | None = None  # held: not garbage-collected
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -148,7 +149,7 @@ class LocalDelivery:
                 self._send(message, False)
 
         if not self._closing:
-            asyncio.get_running_loop().create_task(restart())
+            self._restarting = asyncio.get_running_loop().create_task(restart())
 
     def _report(self, payload: bytes) -> None:
         kind = payload[:1]

@@ -147,7 +147,7 @@ class SmtpServer:
 class SmtpSession(asyncio.Protocol):
     """One SMTP connection: feeds the core, answers its events, writes its bytes."""
 
-    __slots__ = ("_closing", "_timer", "conn", "info", "loop", "server", "transport")
+    __slots__ = ("_closing", "_task", "_timer", "conn", "info", "loop", "server", "transport")
 
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
@@ -156,6 +156,9 @@ class SmtpSession(asyncio.Protocol):
         self.conn: ServerConnection | None = None
         self.info: SessionInfo | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # The one async decision under way (deliver, STARTTLS, AUTH): the core is paused
+        # meanwhile. Held here so the task cannot be garbage-collected mid-flight.
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
 
     # -- asyncio.Protocol --------------------------------------------------------
@@ -226,7 +229,7 @@ class SmtpSession(asyncio.Protocol):
                 conn.accept()
             elif type(ev) is MessageComplete:
                 self._flush()
-                self.loop.create_task(self._deliver(ev.body))
+                self._task = self.loop.create_task(self._deliver(ev.body))
                 break
             elif type(ev) is StartTlsRequested:
                 if self.server.ssl_context is None:
@@ -234,11 +237,11 @@ class SmtpSession(asyncio.Protocol):
                     continue
                 conn.accept()
                 self._flush()
-                self.loop.create_task(self._start_tls())
+                self._task = self.loop.create_task(self._start_tls())
                 break
             elif type(ev) is AuthRequested or type(ev) is AuthResponse:
                 self._flush()
-                self.loop.create_task(self._auth(ev))
+                self._task = self.loop.create_task(self._auth(ev))
                 break
             elif type(ev) is ConnectionClosed:
                 self._flush()
