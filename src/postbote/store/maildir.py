@@ -186,7 +186,7 @@ def _prepare(
             cached = batch.seen[item.root] = _open_mailbox(item.root, batch.new_dirs, index)
         dev, keys = cached
         if keys is None and not item.fresh:
-            keys = _listed_keys(item.root, index, batch.new_dirs)
+            keys = _listed_keys(item.root, index)
             batch.seen[item.root] = (dev, keys)
     except OSError as exc:
         batch.results[i] = exc
@@ -220,7 +220,7 @@ def _open_mailbox(
     return dev, keys
 
 
-def _listed_keys(root: Path, index: DeliveredIndex | None, new_dirs: set[Path]) -> set[str]:
+def _listed_keys(root: Path, index: DeliveredIndex | None) -> set[str]:
     """The delivered keys of a mailbox, from the index or by listing it."""
     keys = None if index is None else index.get(root)
     if keys is None:
