@@ -37,15 +37,22 @@ class Envelope:
     tls: bool = False
     auth: str | None = None  # authenticated identity, if any
     extra: dict[str, str] = field(default_factory=dict)
+    # The JSON form, made once: the spool, the delivery worker's frame and the queue all
+    # need it. Not part of the value (compare=False), never serialised.
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> bytes:
+        if self._json is not None:
+            return self._json
         # By hand rather than dataclasses.asdict(): this runs for every message, and
         # asdict deep-copies every field (~15x slower).
         data = {f: getattr(self, f) for f in _FIELDS}
         data["recipients"] = [
             {"address": r.address, "notify": r.notify, "orcpt": r.orcpt} for r in self.recipients
         ]
-        return _ENCODER.encode(data).encode()
+        out = _ENCODER.encode(data).encode()
+        object.__setattr__(self, "_json", out)  # frozen: a cache, not a change of value
+        return out
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Envelope:
@@ -61,5 +68,5 @@ class Envelope:
         return cls(recipients=rcpts, **raw)
 
 
-_FIELDS = tuple(f.name for f in fields(Envelope))
+_FIELDS = tuple(f.name for f in fields(Envelope) if f.init)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

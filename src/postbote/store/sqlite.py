@@ -43,8 +43,9 @@ _log = logging.getLogger(__name__)
 
 # Lookups within RECHECK_AFTER seconds of the last check answer from the snapshot as it
 # is; later ones look for a sign of change (file stats), and ask SQLite itself when there
-# is one or REFRESH_INTERVAL has passed. refresh() asks at once: the SMTP backend calls
-# it at the start of every transaction, so a change is always seen by the next one.
+# is one or REFRESH_INTERVAL has passed. refresh() always looks for that sign, and asks
+# SQLite when it shows or RECHECK_AFTER has passed: the SMTP backend calls it at the start
+# of every transaction, so a change is seen by the next one (at worst RECHECK_AFTER late).
 RECHECK_AFTER = 0.1
 REFRESH_INTERVAL = 1.0
 
@@ -301,8 +302,11 @@ class SqliteStore:
                 return self._snap  # checked a moment ago (a burst of lookups)
             hint = self._change_hint()
             # PRAGMA data_version is authoritative; ask it when the files changed, and at
-            # least every REFRESH_INTERVAL seconds (mtime granularity is coarse).
-            if not force and hint == self._hint and now - self._verified < REFRESH_INTERVAL:
+            # least every REFRESH_INTERVAL seconds (RECHECK_AFTER when forced): a commit
+            # in the same timestamp tick that leaves the WAL's size unchanged (only after
+            # a checkpoint) shows in no stat, so the interval bounds how stale it can be.
+            interval = RECHECK_AFTER if force else REFRESH_INTERVAL
+            if hint == self._hint and now - self._verified < interval:
                 self._checked = now
                 return self._snap
             try:
