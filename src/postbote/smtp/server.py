@@ -147,7 +147,17 @@ class SmtpServer:
 class SmtpSession(asyncio.Protocol):
     """One SMTP connection: feeds the core, answers its events, writes its bytes."""
 
-    __slots__ = ("_closing", "_task", "_timer", "conn", "info", "loop", "server", "transport")
+    __slots__ = (
+        "_closing",
+        "_task",
+        "_timer",
+        "_tls_early",
+        "conn",
+        "info",
+        "loop",
+        "server",
+        "transport",
+    )
 
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
@@ -160,6 +170,8 @@ class SmtpSession(asyncio.Protocol):
         # meanwhile. Held here so the task cannot be garbage-collected mid-flight.
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Bytes that came through TLS before start_tls() returned (see _start_tls).
+        self._tls_early: bytearray | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -185,6 +197,11 @@ class SmtpSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None or self._closing:
+            return
+        if self._tls_early is not None:
+            self._tls_early += data  # decrypted: the client's first command inside TLS
+            if len(self._tls_early) > _READ_HIGH_WATER:  # nobody sends that much unasked
+                self.abort()
             return
         conn.receive_data(data, self.loop.time())
         self._pump()
@@ -307,6 +324,11 @@ class SmtpSession(asyncio.Protocol):
     async def _start_tls(self) -> None:
         conn, transport, ctx = self.conn, self.transport, self.server.ssl_context
         assert conn is not None and transport is not None and ctx is not None
+        # From here on, data_received only ever gets bytes decrypted by the TLS layer
+        # (plaintext pipelined after STARTTLS was dropped by the core already). A client
+        # may send its EHLO in the same flight as the end of its handshake, so it can
+        # arrive before start_tls() returns: keep it for after tls_established().
+        self._tls_early = bytearray()
         try:
             new_transport = await self.loop.start_tls(
                 transport, self, ctx, server_side=True, ssl_handshake_timeout=30.0
@@ -320,6 +342,9 @@ class SmtpSession(asyncio.Protocol):
             return
         self.transport = new_transport
         conn.tls_established()
+        early, self._tls_early = self._tls_early, None
+        if early:
+            conn.receive_data(bytes(early), self.loop.time())
         if self.info is not None:
             self.info.tls = True
             self.info.authenticated = None
