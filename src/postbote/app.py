@@ -2,8 +2,9 @@
 runs them, and shuts them down gracefully on SIGTERM/SIGINT.
 
 Startup order: store → spool recovery → delivery (re-submits recovered messages) →
-listeners. Shutdown order: stop accepting → let transactions finish within
-``limits.shutdown_grace`` → drain delivery → close the spool (final fsync) → store.
+outbound process → listeners. Shutdown order: stop accepting → let transactions finish
+within ``limits.shutdown_grace`` → drain delivery → stop the outbound process → close
+the spool (final fsync) → store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from postbote.errors import ConfigError
 from postbote.inbound import InboundBackend
 from postbote.policy.ratelimit import LimiterSettings
 from postbote.queue.dispatch import LocalDelivery
+from postbote.queue.runner import OutboundProcess
 from postbote.smtp.protocol import ServerSettings
 from postbote.smtp.server import SmtpServer
 from postbote.spool import Spool
@@ -97,6 +99,9 @@ class App:
         await spool.start()
         delivery = LocalDelivery(spool=spool, data_dir=c.data_dir, hostname=c.hostname)
         await delivery.start()
+        outbound = OutboundProcess(c)
+        await outbound.start()
+        delivery.on_delivered = outbound.nudge
         for message in recovered:
             delivery.submit(message, fresh=False)
         if recovered:
@@ -157,6 +162,7 @@ class App:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(delivery.wait_idle(), c.limits.shutdown_grace)
             await delivery.close()
+            await outbound.close()
             await spool.close()
             store.close()
             if started:  # a start-up error is reported alone, in one line, by the CLI

@@ -94,6 +94,18 @@ def _banner_problem(value: str) -> str | None:
     return "must be at most 200 printable ASCII characters"
 
 
+def _port_problem(value: int) -> str | None:
+    return None if 0 < value <= 65535 else f"must be a port number 1..65535, got {value}"
+
+
+def _retry_problem(values: tuple[float, ...]) -> str | None:
+    if not values:
+        return "needs at least one interval"
+    if any(v <= 0 for v in values):
+        return "intervals must be greater than 0"
+    return None
+
+
 def _readable_problem(value: Path | None) -> str | None:
     if value is not None:
         try:
@@ -206,6 +218,88 @@ class SubmissionConfig:
     privacy: bool = True  # omit the client's IP address from Received: for logged-in users
 
 
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """ "host", "host:port", "[v6]:port" or a bare IPv6 address -> (host, port)."""
+    match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]{1,5}))?|([^:\[\]]+)(?::([0-9]{1,5}))?", text)
+    if match is None:
+        try:
+            return str(ipaddress.IPv6Address(text)), default_port
+        except ValueError:
+            raise ValueError('expected "host" or "host:port"') from None
+    v6, v6_port, host, port = match.groups()
+    port_text = v6_port if v6 is not None else port
+    number = int(port_text) if port_text else default_port
+    if not 0 < number <= 65535:
+        raise ValueError("port must be 1..65535")
+    return (v6 if v6 is not None else host), number
+
+
+def _hostports_problem(default_port: int) -> Check:
+    def check(values: tuple[str, ...] | str) -> str | None:
+        for text in (values,) if isinstance(values, str) else values:
+            if isinstance(values, str) and not text:
+                return None  # an empty smarthost: none
+            try:
+                parse_hostport(text, default_port)
+            except ValueError as err:
+                return f"{_show(text)}: {err}"
+        return None
+
+    return check
+
+
+def _domains_problem(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        problem = _hostname_problem(value)
+        if problem:
+            return problem
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """The resolver every part uses (outbound MX lookups; SPF/DKIM/DMARC later)."""
+
+    # "ip" or "ip:port"; empty: the system's /etc/resolv.conf. Tests point it at a local server.
+    nameservers: tuple[str, ...] = field(default=(), metadata=_rule(_hostports_problem(53)))
+    timeout: float = field(default=5.0, metadata=_greater_than(0))
+
+
+@dataclass(frozen=True, slots=True)
+class SmarthostConfig:
+    """Relay outgoing mail through one server (for hosts whose port 25 is blocked)."""
+
+    host: str = field(default="", metadata=_rule(_hostports_problem(587)))  # "" = by MX
+    tls: str = field(default="starttls", metadata=_one_of("starttls", "implicit"))
+    username: str = ""
+    password: str = ""
+    domains: tuple[str, ...] = field(default=(), metadata=_rule(_domains_problem))  # () = all
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """The outbound queue: how and how patiently mail goes to other servers."""
+
+    port: int = field(default=25, metadata=_rule(_port_problem))  # RFC 5321 §4.5.4.2; tests: others
+    concurrency: int = field(default=100, metadata=_greater_than(0))
+    per_domain_concurrency: int = field(default=10, metadata=_greater_than(0))
+    connect_timeout: float = field(default=30.0, metadata=_greater_than(0))
+    # RFC 5321 §4.5.3.2: 5 min for the greeting and commands, 10 min after end of data.
+    command_timeout: float = field(default=300.0, metadata=_greater_than(0))
+    data_timeout: float = field(default=600.0, metadata=_greater_than(0))
+    # Seconds to wait after the 1st, 2nd, ... failed attempt; the last value repeats.
+    retry: tuple[float, ...] = field(
+        default=(300.0, 600.0, 1200.0, 2400.0, 4800.0, 7200.0), metadata=_rule(_retry_problem)
+    )
+    max_lifetime: float = field(default=5 * 86400.0, metadata=_greater_than(0))  # then bounce
+    delay_warning: float = field(default=4 * 3600.0, metadata=_at_least(0))  # 0: never
+    tls: str = field(default="opportunistic", metadata=_one_of("opportunistic", "none"))
+    # Domains whose servers must offer STARTTLS with a certificate valid for the MX name.
+    require_tls: tuple[str, ...] = field(default=(), metadata=_rule(_domains_problem))
+    ca_file: Path | None = field(default=None, metadata=_rule(_readable_problem))
+    smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; built only by `load_config`, `parse_config` or by tests."""
@@ -220,6 +314,8 @@ class Config:
     source: str = field(metadata={"internal": True})  # the file path or EMBEDDED_SOURCE
     auth: AuthConfig = field(default_factory=AuthConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
 
 def _listen_problem(listen: ListenConfig) -> tuple[str, str] | None:

@@ -27,6 +27,7 @@ from postbote.cli import main as cli_main
 READY_RE = re.compile(r"postbote: ready (.*)")
 DOMAIN = "example.test"
 PASSWORD = "correct horse battery staple"
+DEAD_DNS_PORT = 9  # discard: nothing listens on loopback here
 
 
 def require_tool(name: str, path: str | None = None) -> str:
@@ -48,15 +49,47 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "
         time.sleep(0.01)
 
 
+def child_processes(pid: int, module: str = "") -> list[int]:
+    """The running children of ``pid``; with ``module``, only ``python -m MODULE`` ones
+    (the delivery worker is postbote.queue.worker, the outbound process
+    postbote.queue.runner)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z" and (not module or module.encode() in argv):
+            found.append(int(entry.name))
+    return found
+
+
 class ServerProcess:
-    def __init__(self, root: Path, extra_config: str = "", listen: dict[str, int] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        extra_config: str = "",
+        listen: dict[str, int | str] | None = None,
+        hostname: str = f"mx.{DOMAIN}",
+    ):
+        """``listen``: kind -> port on 127.0.0.1, or "host:port"; ``extra_config`` is TOML
+        placed before the [listen] table."""
         self.root = root
         self.data_dir = root / "data"
         self.config_path = root / "postbote.toml"
         listen = listen or {"smtp": 0, "submission": 0, "submissions": 0}
-        listen_lines = "\n".join(f'{k} = ["127.0.0.1:{v}"]' for k, v in listen.items())
+        listen_lines = "\n".join(
+            f'{k} = ["{v if isinstance(v, str) else f"127.0.0.1:{v}"}"]' for k, v in listen.items()
+        )
+        if "[dns]" not in extra_config:
+            # Tests never reach the internet's DNS: a loopback port where nothing answers
+            # (a lookup fails at once, and outbound mail waits in the queue).
+            extra_config = f'{extra_config}\n[dns]\nnameservers = ["127.0.0.1:{DEAD_DNS_PORT}"]\n'
         self.config_path.write_text(
-            f'hostname = "mx.{DOMAIN}"\n'
+            f'hostname = "{hostname}"\n'
             f'data_dir = "{self.data_dir}"\n'
             f"{extra_config}\n"
             f"[listen]\n{listen_lines}\n"
@@ -147,7 +180,10 @@ class ServerProcess:
         return out
 
     def wait_messages(self, address: str, count: int, timeout: float = 15.0) -> list[bytes]:
-        wait_for(lambda: len(self.messages(address)) >= count, timeout, f"{count} in {address}")
+        try:
+            wait_for(lambda: len(self.messages(address)) >= count, timeout, f"{count} in {address}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; server log:\n{''.join(self.log[-30:])}") from None
         return self.messages(address)
 
 

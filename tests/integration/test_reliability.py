@@ -28,7 +28,7 @@ import pytest
 from postbote.envelope import Envelope, Recipient
 from postbote.spool import MAGIC, MESSAGE, Spool, encode_record
 
-from .conftest import ServerProcess, wait_for
+from .conftest import ServerProcess, child_processes, wait_for
 from .crashload import (
     ALICE,
     BOB,
@@ -88,19 +88,6 @@ def _recovered_total(server: ServerProcess) -> int:
     return sum(int(m.group(1)) for line in server.log if (m := RECOVERED_RE.search(line)))
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue  # exited meanwhile
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
@@ -114,15 +101,16 @@ def _sigkill(server: ServerProcess, *, worker: bool = False) -> None:
     moment (a host crash, the OOM killer). A worker left alone must exit by itself: it
     must not go on as a second deliverer next to the restarted server's own."""
     assert server.proc is not None
-    workers = _children(server.proc.pid)
+    workers = child_processes(server.proc.pid, "postbote.queue.worker")
     assert len(workers) == 1, f"expected one delivery worker, found {workers}"
+    helpers = child_processes(server.proc.pid)  # the worker and the outbound process
     if worker:
         os.kill(workers[0], signal.SIGKILL)
     server.kill()
     wait_for(
-        lambda: not any(_running(p) for p in workers),
+        lambda: not any(_running(p) for p in helpers),
         ORPHAN_DEADLINE,
-        "the delivery worker of a killed server to exit",
+        "the delivery worker and outbound process of a killed server to exit",
     )
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
-from pathlib import Path
 
-from tests.integration.conftest import ServerProcess, wait_for
+from tests.integration.conftest import ServerProcess, child_processes, wait_for
 
 
 def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out.extend(int(x) for x in text)
-    return out
+    return child_processes(pid, "postbote.queue.worker")
 
 
 def send(port: int, n: int, tag: str) -> None:

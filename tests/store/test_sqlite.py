@@ -1,9 +1,10 @@
-"""SqliteStore: directory (domains, users, aliases, resolve) and queue on SQLite."""
+"""SqliteStore: schema, files, directory (domains, users, aliases, resolve), sender grants.
+
+The queue part is tested in test_sqlite_queue.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sqlite3
 import stat
 import subprocess
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from postbote import passwords
 from postbote.envelope import Envelope, Recipient
 from postbote.errors import AlreadyExists, NotFound, StoreError
-from postbote.store.interfaces import Directory, QueueEntry, QueueStore, Resolution
+from postbote.store.interfaces import Directory, QueueStore, Resolution
 from postbote.store.sqlite import (
     MAX_ALIAS_DEPTH,
     MIGRATIONS,
@@ -756,7 +757,7 @@ def test_version_1_database_is_migrated(paths: tuple[Path, Path]) -> None:
         conn.close()
 
 
-# --- queue ---------------------------------------------------------------------------------
+# --- helpers -------------------------------------------------------------------------------
 
 
 def envelope(msg_id: str, received_at: float = 1000.0, sender: str = "a@example.org") -> Envelope:
@@ -766,144 +767,3 @@ def envelope(msg_id: str, received_at: float = 1000.0, sender: str = "a@example.
         recipients=(Recipient("x@remote.test"),),
         received_at=received_at,
     )
-
-
-def test_enqueue_and_list(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    store.enqueue(envelope("m2", 2000.0), b"second", ["z@remote.test"])
-    store.enqueue(envelope("m1", 1000.0, sender=""), b"first\r\n", ["y@remote.test", "X@r.test"])
-    assert store.list_queue() == [
-        QueueEntry("m1", "X@r.test", "", "queued", 0, 1000.0, "", 7, 1000.0),
-        QueueEntry("m1", "y@remote.test", "", "queued", 0, 1000.0, "", 7, 1000.0),
-        QueueEntry("m2", "z@remote.test", "a@example.org", "queued", 0, 2000.0, "", 6, 2000.0),
-    ]
-    assert store.queued_body("m1") == b"first\r\n"
-    assert store.queued_body("m2") == b"second"
-    assert sorted(p.name for p in paths[1].iterdir()) == ["m1.eml", "m2.eml"]  # no tmp files
-
-
-def test_enqueue_stores_envelope(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    env = envelope("m1")
-    store.enqueue(env, b"x", ["x@remote.test"])
-    conn = sqlite3.connect(paths[0])
-    try:
-        (raw,) = conn.execute("SELECT envelope_json FROM queue_messages").fetchone()
-    finally:
-        conn.close()
-    assert Envelope.from_json(raw) == env
-
-
-def test_enqueue_is_idempotent(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test", "b@remote.test"])
-    first = store.list_queue()
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test", "b@remote.test"])
-    assert store.list_queue() == first
-    # a known id does not get its body rewritten; a new recipient is added once
-    store.enqueue(envelope("m1"), b"other body", ["b@remote.test", "c@remote.test"])
-    assert store.queued_body("m1") == b"body"
-    assert [e.recipient for e in store.list_queue()] == [
-        "a@remote.test",
-        "b@remote.test",
-        "c@remote.test",
-    ]
-
-
-def delete_queued(paths: tuple[Path, Path], msg_id: str) -> None:
-    """What the outbound queue does once a message is done: rows and body go."""
-    conn = sqlite3.connect(paths[0])
-    with conn:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("DELETE FROM queue_messages WHERE id = ?", (msg_id,))
-    conn.close()
-    (paths[1] / f"{msg_id}.eml").unlink()
-
-
-def test_enqueue_after_removal_writes_body_again(
-    paths: tuple[Path, Path], store: SqliteStore
-) -> None:
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test"])
-    delete_queued(paths, "m1")
-    assert store.list_queue() == []
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test"])
-    assert store.queued_body("m1") == b"body"
-    assert [e.recipient for e in store.list_queue()] == ["a@remote.test"]
-
-
-def test_enqueue_row_removed_between_check_and_insert(
-    paths: tuple[Path, Path], store: SqliteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test"])
-    real_transaction = store._transaction
-    raced: list[bool] = []
-
-    @contextlib.contextmanager
-    def racing_transaction() -> Iterator[sqlite3.Connection]:
-        if not raced:  # the row was there when enqueue looked; it goes before the insert
-            raced.append(True)
-            delete_queued(paths, "m1")
-        with real_transaction() as conn:
-            yield conn
-
-    monkeypatch.setattr(store, "_transaction", racing_transaction)
-    store.enqueue(envelope("m1"), b"body", ["b@remote.test"])
-    assert raced
-    assert store.queued_body("m1") == b"body"  # a row never exists without its body
-    assert [e.recipient for e in store.list_queue()] == ["b@remote.test"]
-
-
-def test_enqueue_bare_str_is_one_recipient(store: SqliteStore) -> None:
-    store.enqueue(envelope("m1"), b"body", "a@remote.test")
-    assert [e.recipient for e in store.list_queue()] == ["a@remote.test"]
-
-
-def test_enqueue_duplicate_recipients_in_one_call(store: SqliteStore) -> None:
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test", "a@remote.test"])
-    assert [e.recipient for e in store.list_queue()] == ["a@remote.test"]
-
-
-def test_queue_survives_reopen(paths: tuple[Path, Path]) -> None:
-    with SqliteStore(*paths) as s:
-        s.enqueue(envelope("m1"), b"durable", ["a@remote.test"])
-        entries = s.list_queue()
-    with SqliteStore(*paths) as s:
-        assert s.list_queue() == entries
-        assert s.queued_body("m1") == b"durable"
-
-
-def test_enqueue_nothing(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    store.enqueue(envelope("m1"), b"body", [])
-    assert store.list_queue() == []
-    assert list(paths[1].iterdir()) == []
-
-
-@pytest.mark.parametrize("bad_id", ["", "../evil", ".hidden", "a/b", "a\x00", "x" * 201, "a b"])
-def test_enqueue_rejects_unsafe_ids(
-    paths: tuple[Path, Path], store: SqliteStore, bad_id: str
-) -> None:
-    with pytest.raises(StoreError, match="invalid queue id"):
-        store.enqueue(envelope(bad_id), b"body", ["a@remote.test"])
-    assert list(paths[1].iterdir()) == []
-    assert not (paths[1].parent / "evil.eml").exists()
-
-
-@pytest.mark.parametrize("bad", ["", "a@remote.test\r\nDATA", "a\x00@remote.test"])
-def test_enqueue_rejects_bad_recipients(store: SqliteStore, bad: str) -> None:
-    with pytest.raises(StoreError, match="invalid recipient"):
-        store.enqueue(envelope("m1"), b"body", ["ok@remote.test", bad])
-    assert store.list_queue() == []
-
-
-def test_queued_body_errors(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    with pytest.raises(NotFound):
-        store.queued_body("nope")
-    store.enqueue(envelope("m1"), b"body", ["a@remote.test"])
-    os.unlink(paths[1] / "m1.eml")
-    with pytest.raises(StoreError, match="cannot read"):
-        store.queued_body("m1")
-
-
-def test_enqueue_write_failure_is_store_error(paths: tuple[Path, Path], store: SqliteStore) -> None:
-    paths[1].rmdir()
-    paths[1].write_bytes(b"")  # queue_dir is now a file: creating the body fails
-    with pytest.raises(StoreError, match="cannot write"):
-        store.enqueue(envelope("m1"), b"body", ["a@remote.test"])
-    assert store.list_queue() == []

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from postbote.queue import frames
@@ -47,6 +48,8 @@ class LocalDelivery:
         self._restarting: asyncio.Task[None] | None = None  # held: not garbage-collected
         self._idle = asyncio.Event()
         self._idle.set()
+        # Called after messages were delivered: some may have gone to the outbound queue.
+        self.on_delivered: Callable[[], None] | None = None
 
     async def start(self) -> None:
         await self._spawn()
@@ -165,6 +168,8 @@ class LocalDelivery:
             self.delivered += len(done)
             for i in done:
                 self._attempts.pop(i, None)
+            if done and self.on_delivered is not None:
+                self.on_delivered()
         elif kind == b"F":
             for i in ids:
                 message = self._inflight.get(i)

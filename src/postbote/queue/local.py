@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postbote.envelope import Envelope
 from postbote.received import delivery_headers
 from postbote.spool import SpooledMessage
 from postbote.store.interfaces import Directory, QueueStore
@@ -70,6 +69,7 @@ class Deliverer:
         errors = iter(deliver_batch(items, self.hostname) if items else [])
         done: list[str] = []
         failed: list[str] = []
+        queued: list[_Plan] = []
         for plan in plans:
             ok = True
             for item in plan.items:
@@ -77,14 +77,16 @@ class Deliverer:
                 if err is not None:
                     ok = False
                     log.error("delivery to %s failed: %s", item.root, err)
-            remote = plan.remote + plan.unresolved
-            if ok and remote:
-                ok = self._enqueue(plan.message.envelope, plan.message.body, remote)
-            if plan.unresolved:
-                # The recipient existed at RCPT time but not any more: keep the mail in
-                # the queue for the operator (the outbound issue bounces it).
-                log.warning("recipients no longer exist, queued: %s", plan.unresolved)
-            (done if ok else failed).append(plan.message.envelope.id)
+            if not ok:
+                failed.append(plan.message.envelope.id)
+            elif plan.remote or plan.unresolved:
+                queued.append(plan)
+            else:
+                done.append(plan.message.envelope.id)
+        if queued and self._enqueue(queued):
+            done.extend(p.message.envelope.id for p in queued)
+        else:
+            failed.extend(p.message.envelope.id for p in queued)
         return done, failed
 
     def _plan(self, message: SpooledMessage, fresh: bool) -> _Plan:
@@ -115,10 +117,18 @@ class Deliverer:
             plan.remote.extend(r for r in res.remote if r not in plan.remote)
         return plan
 
-    def _enqueue(self, envelope: Envelope, body: bytes, recipients: list[str]) -> bool:
+    def _enqueue(self, plans: list[_Plan]) -> bool:
+        """Queue the remote recipients of many messages with one sync. Recipients that
+        existed at RCPT time but not any more go to the queue too: the outbound
+        scheduler delivers local domains itself and bounces them (550 5.1.1)."""
+        for plan in plans:
+            if plan.unresolved:
+                log.warning("recipients no longer exist: %s", ", ".join(plan.unresolved))
         try:
-            self.queue.enqueue(envelope, body, recipients)
+            self.queue.enqueue_batch(
+                [(p.message.envelope, p.message.body, p.remote + p.unresolved) for p in plans]
+            )
         except Exception as exc:
-            log.error("queueing %s failed: %s", envelope.id, exc)
+            log.error("queueing %d messages failed: %s", len(plans), exc)
             return False
         return True

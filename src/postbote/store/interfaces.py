@@ -22,19 +22,85 @@ class Resolution:
     remote: tuple[str, ...]  # addresses outside the local domains
 
 
+# Recipient states in the outbound queue (issue 4 §1). "queued": never attempted;
+# "inflight": claimed by one node for one attempt; "deferred": waits for next_attempt;
+# "delivered" / "failed": final; "held": parked by the operator until released.
+QUEUE_STATES = ("queued", "inflight", "deferred", "delivered", "failed", "held")
+# What a delivery status notification reports (RFC 3464 §2.3.3 Action).
+REPORT_ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
+
+
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
-    """One (message, recipient) waiting in the outbound queue."""
+    """One (message, recipient) in the outbound queue."""
 
     message_id: str
     recipient: str
     sender: str
-    state: str  # queued | inflight | deferred | delivered | failed | held
+    state: str  # one of QUEUE_STATES
     attempts: int
     next_attempt: float
     last_reply: str
     size: int
     created: float
+    last_attempt: float | None = None
+    remote_mta: str = ""  # the host that gave last_reply, if any
+    report: str | None = None  # a REPORT_ACTIONS value whose DSN is still to be sent
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """``queue show``: one message with its envelope and every recipient row."""
+
+    message_id: str
+    envelope: Envelope
+    size: int
+    created: float
+    entries: tuple[QueueEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One message's recipients at one domain, claimed for one delivery attempt.
+
+    ``attempts`` already counts this attempt (the attempt is recorded before it is made).
+    ``warned``: the recipients of ``recipients`` that already had a delay warning."""
+
+    message_id: str
+    envelope: Envelope
+    domain: str  # lowercase; the part after the last "@" of every recipient
+    recipients: tuple[str, ...]
+    attempts: int
+    created: float
+    size: int
+    warned: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The outcome of one attempt for one claimed recipient.
+
+    ``state``: "delivered", "deferred" or "failed". ``reply``: the SMTP reply or our own
+    diagnosis, e.g. "550 5.1.1 <a@b>: no such user" or "4.4.1 connection refused".
+    ``next_attempt``: when to try again (deferred only). ``report``: a REPORT_ACTIONS
+    value if a DSN is to be sent for this result ("delayed" also marks it warned), else
+    None."""
+
+    recipient: str
+    state: str
+    reply: str
+    next_attempt: float = 0.0
+    remote_mta: str = ""
+    report: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportWork:
+    """A message with recipients whose DSN is still to be sent."""
+
+    message_id: str
+    envelope: Envelope
+    entries: tuple[QueueEntry, ...]  # only the rows with a pending ``report``
 
 
 class Directory(Protocol):
@@ -93,13 +159,74 @@ class Directory(Protocol):
 
 
 class QueueStore(Protocol):
-    """The outbound queue: messages for remote recipients.
+    """The outbound queue: messages for remote recipients, one row per recipient.
 
-    ``enqueue`` returns only once the message and its recipients are durable, and is
-    idempotent for the same (envelope.id, recipient): a redelivery from the spool after
-    a crash adds nothing twice.
+    Every method is synchronous and safe to call from several processes (and nodes of a
+    cluster) at once. ``enqueue`` returns only once the message and its recipients are
+    durable, and is idempotent for the same (envelope.id, recipient): a redelivery from
+    the spool after a crash adds nothing twice. A recipient is delivered by at most one
+    node at a time: ``claim`` hands each due row to one caller, under a lease.
     """
 
     def enqueue(self, envelope: Envelope, body: bytes, recipients: Sequence[str]) -> None: ...
+
+    def enqueue_batch(self, items: Sequence[tuple[Envelope, bytes, Sequence[str]]]) -> None:
+        """``enqueue`` for many messages with a constant number of syncs."""
+        ...
+
+    def claim(self, now: float, *, node: str, lease: float, limit: int) -> list[Claim]:
+        """Take up to ``limit`` due (message, domain) groups: rows "queued" or "deferred"
+        with next_attempt <= now become "inflight" for ``node`` until now + lease, with
+        attempts + 1 and last_attempt = now, committed before this returns. Oldest first."""
+        ...
+
+    def record(self, node: str, message_id: str, results: Sequence[RecipientResult]) -> None:
+        """Store the outcome of an attempt for rows this node holds inflight (rows it no
+        longer holds, e.g. deleted by the operator, are ignored)."""
+        ...
+
+    def recover(self, node: str, now: float) -> int:
+        """At start-up: rows left inflight by ``node`` (a crash mid-delivery), and rows of
+        any node whose lease expired before ``now``, become "deferred", due now.
+        Returns how many."""
+        ...
+
+    def next_due(self) -> float | None:
+        """The earliest next_attempt of a "queued" or "deferred" row, or None."""
+        ...
+
+    def pending_reports(self, limit: int) -> list[ReportWork]: ...
+
+    def reports_sent(self, message_id: str, recipients: Sequence[str]) -> None:
+        """Clear the pending ``report`` of these rows (their DSN is queued)."""
+        ...
+
+    def purge(self) -> list[str]:
+        """Delete messages whose rows are all "delivered" or "failed" with no pending
+        report, with their bodies. Returns their ids."""
+        ...
+
+    # -- the operator (postbote queue ...); NotFound for an unknown message id --------------
     def list_queue(self) -> list[QueueEntry]: ...
+    def show(self, message_id: str) -> QueuedMessage: ...
     def queued_body(self, message_id: str) -> bytes: ...
+
+    def flush(self, now: float) -> int:
+        """Every "deferred" row becomes due now. Returns how many."""
+        ...
+
+    def retry(self, message_id: str, now: float) -> int:
+        """The message's "deferred" rows become due now. Returns how many."""
+        ...
+
+    def hold(self, message_id: str) -> int:
+        """ "queued" and "deferred" rows become "held". Returns how many."""
+        ...
+
+    def release(self, message_id: str, now: float) -> int:
+        """ "held" rows become "deferred", due now. Returns how many."""
+        ...
+
+    def delete(self, message_id: str) -> None:
+        """Remove the message and its body; no DSN is sent."""
+        ...

@@ -2,8 +2,8 @@
 SQLite file.
 
 Owns the schema and its migrations, the normal form of addresses and domains in the
-directory, the in-memory snapshot that answers ``is_local_domain``/``resolve`` on the event
-loop, and the queue rows with their body files in ``queue_dir``.
+directory, and the in-memory snapshot that answers ``is_local_domain``/``resolve`` on the
+event loop. The queue rows and their body files in ``queue_dir`` are sqlite_queue.py's.
 """
 
 from __future__ import annotations
@@ -11,20 +11,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from postbote import passwords
-from postbote.envelope import Envelope
 from postbote.errors import AlreadyExists, NotFound, StoreError
-from postbote.fsutil import fsync_path
 from postbote.passwords import ScramKeys
 from postbote.store.addresses import (
     MAX_ALIAS_DEPTH,
@@ -37,7 +33,8 @@ from postbote.store.addresses import (
     resolve_local,
     split_address,
 )
-from postbote.store.interfaces import QueueEntry, Resolution
+from postbote.store.interfaces import Resolution
+from postbote.store.sqlite_queue import SqliteQueueMixin
 
 _log = logging.getLogger(__name__)
 
@@ -57,10 +54,6 @@ __all__ = [
     "normalize_domain",
     "normalize_sender_pattern",
 ]
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# Queue ids become file names in queue_dir: no separators, no leading dot.
-_QUEUE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}")
 
 
 # --- schema ----------------------------------------------------------------------------------
@@ -140,6 +133,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: sender grants are answered from memory too (sender_grants), so changing them
     # bumps directory_version like any other directory change.
     _version_triggers({"sender_grants": "address, pattern"}),
+    # 3: the outbound queue of issue 4 (sqlite_queue.py): claims under a lease, the last
+    # attempt and the host that answered, the pending DSN report (RFC 3464) and whether a
+    # delay warning went out; states and reports checked on every write.
+    (
+        "ALTER TABLE queue_recipients ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE queue_recipients ADD COLUMN lease_until REAL",
+        "ALTER TABLE queue_recipients ADD COLUMN last_attempt REAL",
+        "ALTER TABLE queue_recipients ADD COLUMN remote_mta TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE queue_recipients ADD COLUMN report TEXT",
+        "ALTER TABLE queue_recipients ADD COLUMN warned INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX queue_recipients_reports ON queue_recipients(message_id)"
+        " WHERE report IS NOT NULL",
+        "CREATE INDEX queue_messages_by_age ON queue_messages(created, id)",
+        *(
+            f"CREATE TRIGGER queue_recipients_check_{event.split()[0].lower()} BEFORE {event}"
+            " ON queue_recipients WHEN NEW.state NOT IN"
+            " ('queued', 'inflight', 'deferred', 'delivered', 'failed', 'held')"
+            " OR NEW.report NOT IN ('failed', 'delayed', 'delivered', 'relayed', 'expanded')"
+            " BEGIN SELECT RAISE(ABORT, 'invalid queue state or report'); END"
+            for event in ("INSERT", "UPDATE OF state, report")
+        ),
+    ),
 )
 
 
@@ -172,7 +187,7 @@ def _load_snapshot(conn: sqlite3.Connection, old: Snapshot | None) -> Snapshot:
 # --- the store -------------------------------------------------------------------------------
 
 
-class SqliteStore:
+class SqliteStore(SqliteQueueMixin):
     """Directory and QueueStore on one SQLite file (WAL mode) plus body files in ``queue_dir``.
 
     Driven by: lookups on the event loop (``is_local_domain``, ``resolve``), answered from an
@@ -602,91 +617,6 @@ class SqliteStore:
         self._grants = {addr: tuple(patterns) for addr, patterns in grants.items()}
         self._grants_version = version
 
-    # --- queue -------------------------------------------------------------------------------
-
-    def enqueue(self, envelope: Envelope, body: bytes, recipients: Sequence[str]) -> None:
-        """Queue ``body`` for ``recipients``; durable on return, idempotent per (id, recipient).
-
-        The body file is written and fsynced (with its directory) before its row commits, so
-        a row always has its body; a known id does not get its body rewritten. Creation time
-        and first attempt are ``envelope.received_at``. Empty ``recipients`` queue nothing.
-        """
-        msg_id = _check_queue_id(envelope.id)
-        rcpts = _as_tuple(recipients)
-        for rcpt in rcpts:
-            if not rcpt or _CONTROL.search(rcpt):  # CR/LF would let a recipient smuggle commands
-                raise StoreError(f"invalid recipient: {rcpt!r}")
-        if not rcpts:
-            return
-        body_name = f"{msg_id}.eml"
-        with self._query() as conn:
-            wrote = _first(conn, _QUEUED, msg_id) is None
-        if wrote:
-            self._write_body(body_name, body)
-        while True:
-            with self._transaction() as conn:
-                # Checked again under the write lock: the row may have gone meanwhile.
-                if wrote or _first(conn, _QUEUED, msg_id) is not None:
-                    self._insert_queued(conn, envelope, len(body), body_name, rcpts)
-                    return
-            self._write_body(body_name, body)
-            wrote = True
-
-    @staticmethod
-    def _insert_queued(
-        conn: sqlite3.Connection, env: Envelope, size: int, body_name: str, rcpts: Sequence[str]
-    ) -> None:
-        conn.execute(
-            "INSERT OR IGNORE INTO queue_messages (id, sender, envelope_json, size, created,"
-            " body_path) VALUES (?, ?, ?, ?, ?, ?)",
-            (env.id, env.sender, env.to_json().decode(), size, env.received_at, body_name),
-        )
-        conn.executemany(
-            "INSERT OR IGNORE INTO queue_recipients (message_id, recipient, state, attempts,"
-            " next_attempt, last_reply) VALUES (?, ?, 'queued', 0, ?, '')",
-            [(env.id, rcpt, env.received_at) for rcpt in rcpts],
-        )
-
-    def _write_body(self, name: str, body: bytes) -> None:
-        """Write tmp, fsync, rename, fsync the directory: the file is whole or absent."""
-        final = self._queue_dir / name
-        tmp = self._queue_dir / f".{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with open(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_path(self._queue_dir)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write queue file {final}: {exc.strerror}") from exc
-
-    def list_queue(self) -> list[QueueEntry]:
-        with self._query() as conn:
-            rows = conn.execute(
-                "SELECT r.message_id, r.recipient, m.sender, r.state, r.attempts,"
-                " r.next_attempt, r.last_reply, m.size, m.created"
-                " FROM queue_recipients AS r JOIN queue_messages AS m ON m.id = r.message_id"
-                " ORDER BY m.created, r.recipient, r.message_id"
-            ).fetchall()
-        return [QueueEntry(*row) for row in rows]
-
-    def queued_body(self, message_id: str) -> bytes:
-        with self._query() as conn:
-            row = conn.execute(
-                "SELECT body_path FROM queue_messages WHERE id = ?", (message_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"no queued message {message_id!r}")
-        path: str = row[0]
-        try:
-            return (self._queue_dir / path).read_bytes()
-        except OSError as exc:
-            raise StoreError(f"cannot read body of queued message {message_id}: {exc}") from exc
-
 
 # --- helpers ---------------------------------------------------------------------------------
 
@@ -694,7 +624,6 @@ class SqliteStore:
 _DOMAIN = "SELECT 1 FROM domains WHERE name = ?"
 _USER = "SELECT 1 FROM users WHERE address = ?"
 _ALIAS = "SELECT 1 FROM aliases WHERE alias = ?"
-_QUEUED = "SELECT 1 FROM queue_messages WHERE id = ?"
 
 
 def _first(conn: sqlite3.Connection, sql: str, *args: object) -> Any:
@@ -729,12 +658,6 @@ def normalize_sender_pattern(pattern: str) -> str:
 def _as_tuple(addresses: Sequence[str]) -> tuple[str, ...]:
     """A bare str is one address, not a sequence of one-character addresses."""
     return (addresses,) if isinstance(addresses, str) else tuple(addresses)
-
-
-def _check_queue_id(message_id: str) -> str:
-    if not _QUEUE_ID.fullmatch(message_id):
-        raise StoreError(f"invalid queue id: {message_id!r}")
-    return message_id
 
 
 def _make_private_dir(path: Path) -> None:
