@@ -9,7 +9,9 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import re
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -28,6 +30,7 @@ from tests.integration.conftest import (
     DOMAIN,
     PASSWORD,
     ServerProcess,
+    child_processes,
     require_tool,
     tls_client_context,
     wait_for,
@@ -117,7 +120,15 @@ def dest(
     server = ServerProcess(
         root, extra_config=tls, listen={"smtp": f"{DEST}:{port}"}, hostname="mx1.remote.test"
     )
-    for domain in ("remote.test", "implicit.test", "secure.test", "retry.test", "kill.test"):
+    domains = (
+        "remote.test",
+        "implicit.test",
+        "secure.test",
+        "retry.test",
+        "kill.test",
+        "held.test",
+    )
+    for domain in domains:
         assert server.cli("domain", "add", domain) == 0
         server.add_user(f"carol@{domain}")
     server.start()
@@ -136,16 +147,23 @@ class Sink:
         argv = [require_tool("smtp-sink", "/usr/sbin/smtp-sink")]
         if os.geteuid() == 0:
             argv += ["-u", "nobody"]
-        argv += [*options, "-d", f"{self.dump}/%H%M%S.", f"{host}:{port}", "50"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv += [*options, "-c", "-d", f"{self.dump}/%H%M%S.", f"{host}:{port}", "50"]
+        self.counters = open(self.dump / "counters", "w+b")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self.counters, stderr=subprocess.DEVNULL)
         wait_for(lambda: _listening(host, port), 10, f"smtp-sink on {host}:{port}")
 
     def messages(self) -> list[bytes]:
-        return [p.read_bytes() for p in sorted(self.dump.iterdir())]
+        return [p.read_bytes() for p in sorted(self.dump.iterdir()) if p.name != "counters"]
+
+    def sessions(self) -> int:
+        """Sessions that ended so far (smtp-sink -c prints "sess=N quit=N mesg=N")."""
+        found = re.findall(rb"sess=(\d+)", (self.dump / "counters").read_bytes())
+        return int(found[-1]) if found else 0
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        self.counters.close()
         shutil.rmtree(self.dump, ignore_errors=True)
 
 
@@ -291,6 +309,63 @@ def test_null_mx_bounces_at_once_with_5_1_10(dns: TestDnsServer, sender: ServerP
     assert block["Status"] == "5.1.10"
     assert "someone@nullmx.test" in block["Final-Recipient"]
     wait_queue_empty(sender, "@nullmx.test")
+
+
+def test_one_connection_carries_several_messages_to_a_server(
+    dns: TestDnsServer, sender: ServerProcess, sinks: list[Sink], port: int
+) -> None:
+    sink = Sink(SINKS[1], port)
+    sinks.append(sink)
+    dns.add("reuse.test", "MX", "10 mx.reuse.test.")
+    dns.add("mx.reuse.test", "A", SINKS[1])
+    for i in range(3):  # one after the other, each while the last connection idles
+        submit(sender, [f"r{i}@reuse.test"], subject=f"reuse {i}")
+        wait_for(lambda n=i: len(sink.messages()) == n + 1, 20, f"message {i} at smtp-sink")
+    wait_queue_empty(sender, "@reuse.test")
+    wait_for(lambda: sink.sessions() >= 1, 20, "the idle connection to close")
+    assert sink.sessions() < 3  # reused (a slow machine may need a second connection)
+
+
+def test_nxdomain_bounces_with_5_1_2(dns: TestDnsServer, sender: ServerProcess) -> None:
+    before = len(sender.messages(ALICE))
+    submit(sender, ["x@does-not-exist.test"], subject="nowhere")
+    dsns = sender.wait_messages(ALICE, before + 1)
+    _, [block], _ = dsn_parts(dsns[-1])
+    assert (block["Action"], block["Status"]) == ("failed", "5.1.2")
+    wait_queue_empty(sender, "@does-not-exist.test")
+
+
+def test_success_dsn_for_a_local_mailbox(sender: ServerProcess) -> None:
+    before = len(sender.messages(ALICE))
+    submit(sender, [ALICE], subject="to myself", rcpt_options=("NOTIFY=SUCCESS",))
+    got = sender.wait_messages(ALICE, before + 2)
+    reports = [m for m in got[before:] if b"multipart/report" in m]
+    assert len(reports) == 1
+    _, [block], _ = dsn_parts(reports[0])
+    assert (block["Action"], block["Status"]) == ("delivered", "2.0.0")
+    wait_queue_empty(sender, f"@{DOMAIN}")
+
+
+def test_hold_flush_and_release(
+    dns: TestDnsServer, sender: ServerProcess, dest: ServerProcess
+) -> None:
+    dns.add("held.test", "MX", "10 mx.held.test.")
+    dns.add("mx.held.test", "A", DEAD)
+    submit(sender, ["carol@held.test"], subject="parked")
+    wait_for(lambda: _deferred(sender, "carol@held.test") is not None, 20, "a deferral")
+    entry = _deferred(sender, "carol@held.test")
+    assert entry is not None
+    assert sender.cli("queue", "hold", entry.message_id) == 0
+    dns.remove("mx.held.test", "A")
+    dns.add("mx.held.test", "A", DEST)
+    assert sender.cli("queue", "flush") == 0
+    [row] = [e for e in queue_of(sender) if e.recipient == "carol@held.test"]
+    assert row.state == "held"  # not tried while held, flush or not
+    assert dest.messages("carol@held.test") == []
+    assert sender.cli("queue", "release", entry.message_id) == 0
+    [got] = dest.wait_messages("carol@held.test", 1)
+    assert b"Subject: parked" in got
+    wait_queue_empty(sender, "@held.test")
 
 
 # --- failures, retries, reports ------------------------------------------------------------
@@ -503,6 +578,26 @@ def test_no_double_delivery_across_a_sigkill_mid_transaction(
         assert stall.messages() == []
     finally:
         node.kill()
+
+
+def test_a_killed_outbound_process_is_restarted_and_delivers(
+    dns: TestDnsServer, sender: ServerProcess, dest: ServerProcess
+) -> None:
+    assert sender.proc is not None
+    [old] = child_processes(sender.proc.pid, "postbote.queue.runner")
+    os.kill(old, signal.SIGKILL)
+    wait_for(
+        lambda: child_processes(sender.proc.pid, "postbote.queue.runner") not in ([], [old]),  # type: ignore[union-attr]
+        20,
+        "a new outbound process",
+    )
+    dns.add("remote.test", "MX", "10 mx1.remote.test.")
+    dns.add("mx1.remote.test", "A", DEST)
+    before = len(dest.messages("carol@remote.test"))
+    submit(sender, ["carol@remote.test"], subject="after a restart")
+    got = dest.wait_messages("carol@remote.test", before + 1)
+    assert any(b"Subject: after a restart" in m for m in got)
+    wait_queue_empty(sender, "@remote.test")
 
 
 def test_delay_warning_then_expiry_bounce(

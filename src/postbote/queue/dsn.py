@@ -22,7 +22,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from postbote.envelope import Envelope
+from postbote.envelope import Envelope, Recipient
 
 # RFC 3464 §2.3.3: the action-value of a per-recipient block.
 ACTIONS = ("failed", "delayed", "delivered", "relayed", "expanded")
@@ -97,6 +97,20 @@ class DsnRecipient:
             raise ValueError(f"unknown DSN action {self.action!r}")
         if not _STATUS.fullmatch(self.status):  # RFC 3463 §2
             raise ValueError(f"malformed status code {self.status!r}")
+
+
+def report_envelope(*, dsn_id: str, to: str, report: bytes, now: float) -> Envelope:
+    """The envelope a report built by build_dsn travels in: from <> (RFC 3461 §6.2,
+    RFC 5321 §4.5.5) to ``to``, SMTPUTF8 when it uses the RFC 6533 global types, and
+    8BITMIME when it holds 8-bit octets."""
+    return Envelope(
+        id=dsn_id,
+        sender="",
+        recipients=(Recipient(to),),
+        received_at=now,
+        smtputf8=b"global-delivery-status" in report[:4096],
+        body_type="8BITMIME" if any(b > 127 for b in report) else None,
+    )
 
 
 def wants_report(notify: tuple[str, ...] | None, action: str) -> bool:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from postbote.envelope import Envelope, Recipient
+from postbote.queue.dsn import DsnRecipient, build_dsn, report_envelope
 from postbote.received import delivery_headers
 from postbote.spool import SpooledMessage
 from postbote.store.interfaces import Directory, QueueStore
@@ -37,6 +40,7 @@ class _Plan:
     items: list[MaildirItem] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
+    success: list[Recipient] = field(default_factory=list)  # asked for NOTIFY=SUCCESS
 
 
 _mailbox_root = functools.lru_cache(maxsize=4096)(mailbox_root)
@@ -79,7 +83,7 @@ class Deliverer:
                     log.error("delivery to %s failed: %s", item.root, err)
             if not ok:
                 failed.append(plan.message.envelope.id)
-            elif plan.remote or plan.unresolved:
+            elif plan.remote or plan.unresolved or plan.success:
                 queued.append(plan)
             else:
                 done.append(plan.message.envelope.id)
@@ -115,6 +119,9 @@ class Deliverer:
                     )
                 )
             plan.remote.extend(r for r in res.remote if r not in plan.remote)
+            # RFC 3461 §5.2.3: delivered to a mailbox, reported if the sender asked.
+            if res.mailboxes and env.sender and rcpt.notify and "SUCCESS" in rcpt.notify:
+                plan.success.append(rcpt)
         return plan
 
     def _enqueue(self, plans: list[_Plan]) -> bool:
@@ -124,11 +131,44 @@ class Deliverer:
         for plan in plans:
             if plan.unresolved:
                 log.warning("recipients no longer exist: %s", ", ".join(plan.unresolved))
+        items: list[tuple[Envelope, bytes, Sequence[str]]] = []
+        for p in plans:
+            if p.remote or p.unresolved:
+                items.append((p.message.envelope, p.message.body, p.remote + p.unresolved))
+            if p.success:
+                items.append(self._success_report(p.message, p.success))
         try:
-            self.queue.enqueue_batch(
-                [(p.message.envelope, p.message.body, p.remote + p.unresolved) for p in plans]
-            )
+            self.queue.enqueue_batch(items)
         except Exception as exc:
             log.error("queueing %d messages failed: %s", len(plans), exc)
             return False
         return True
+
+    def _success_report(
+        self, message: SpooledMessage, rcpts: list[Recipient]
+    ) -> tuple[Envelope, bytes, Sequence[str]]:
+        """A "delivered" DSN (RFC 3464) to the sender, queued like any mail from <>. Its
+        id derives from the message's, so a redelivery after a crash queues it once."""
+        env, now = message.envelope, time.time()
+        text = "delivered " + " ".join(r.address for r in rcpts)
+        dsn_id = f"{env.id}-{hashlib.blake2s(text.encode(), digest_size=6).hexdigest()}"
+        report = build_dsn(
+            envelope=env,
+            original=message.body,
+            recipients=[
+                DsnRecipient(
+                    recipient=r.address,
+                    action="delivered",
+                    status="2.0.0",
+                    diagnostic="250 2.0.0 delivered to the mailbox",
+                    orcpt=r.orcpt,
+                    last_attempt=now,
+                )
+                for r in rcpts
+            ],
+            reporting_mta=self.hostname,
+            now=now,
+            message_id=dsn_id,
+        )
+        dsn_env = report_envelope(dsn_id=dsn_id, to=env.sender, report=report, now=now)
+        return dsn_env, report, [env.sender]

@@ -29,15 +29,15 @@ from typing import Protocol
 
 from postbote.config import Config, parse_hostport
 from postbote.dns import Resolver
-from postbote.envelope import Envelope, Recipient
-from postbote.queue.dsn import DsnRecipient, build_dsn, status_of
+from postbote.envelope import Envelope
+from postbote.queue.dsn import DsnRecipient, build_dsn, report_envelope, status_of
 from postbote.queue.local import unique_name
 from postbote.queue.remote import Connector, SessionError, SessionPool, Timeouts, TlsPolicy
 from postbote.queue.routing import Host, RouteError, resolve_route
 from postbote.queue.schedule import Attempt, RetryPolicy, decide
 from postbote.received import delivery_headers
 from postbote.smtp.client import OutgoingRecipient, Transaction, TransactionResult
-from postbote.store.interfaces import Claim, Directory, QueueStore, ReportWork
+from postbote.store.interfaces import Claim, Directory, QueueStore, RecipientResult, ReportWork
 from postbote.store.maildir import MaildirItem, deliver_batch, mailbox_root
 
 log = logging.getLogger("postbote.outbound")
@@ -190,12 +190,25 @@ class Outbound:
             if any(r.report for r in results) or any(r.state != "deferred" for r in results):
                 self._reports_due = True
         except Exception:
-            log.exception("delivery of %s failed internally; it stays inflight", claim.message_id)
+            log.exception("delivery of %s failed internally", claim.message_id)
+            await self._defer_after_error(claim)
         finally:
             self._busy[claim.domain] -= 1
             if self._busy[claim.domain] <= 0:
                 del self._busy[claim.domain]
             self._dispatch()
+
+    async def _defer_after_error(self, claim: Claim) -> None:
+        """A bug or a store error must not strand the claim until its lease runs out."""
+        later = self.clock() + self.policy.delay_after(claim.attempts)
+        results = [
+            RecipientResult(r, "deferred", "4.3.0 internal error, see the log", next_attempt=later)
+            for r in claim.recipients
+        ]
+        try:
+            await asyncio.to_thread(self.store.record, self.node, claim.message_id, results)
+        except Exception:
+            log.exception("cannot record the failed attempt of %s", claim.message_id)
 
     async def _attempt_remote(self, claim: Claim) -> list[Attempt]:
         body = await asyncio.to_thread(self.store.queued_body, claim.message_id)
@@ -364,14 +377,7 @@ class Outbound:
             now=now,
             message_id=dsn_id,
         )
-        dsn_env = Envelope(
-            id=dsn_id,
-            sender="",
-            recipients=(Recipient(env.sender),),
-            received_at=now,
-            smtputf8=b"global-delivery-status" in message[:4096],  # RFC 6533 report
-            body_type="8BITMIME" if any(b > 127 for b in message) else None,
-        )
+        dsn_env = report_envelope(dsn_id=dsn_id, to=env.sender, report=message, now=now)
         store.enqueue(dsn_env, message, [env.sender])  # idempotent per (id, recipient)
         store.reports_sent(work.message_id, rcpts)
         log.info("id=%s DSN %s queued for %s", work.message_id, dsn_id, env.sender)
