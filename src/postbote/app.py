@@ -101,7 +101,7 @@ class App:
         await delivery.start()
         outbound = OutboundProcess(c)
         await outbound.start()
-        delivery.on_delivered = outbound.nudge
+        delivery.on_queued = outbound.nudge
         for message in recovered:
             delivery.submit(message, fresh=False)
         if recovered:

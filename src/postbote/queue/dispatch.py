@@ -48,8 +48,8 @@ class LocalDelivery:
         self._restarting: asyncio.Task[None] | None = None  # held: not garbage-collected
         self._idle = asyncio.Event()
         self._idle.set()
-        # Called after messages were delivered: some may have gone to the outbound queue.
-        self.on_delivered: Callable[[], None] | None = None
+        # Called when the worker put mail into the outbound queue.
+        self.on_queued: Callable[[], None] | None = None
 
     async def start(self) -> None:
         await self._spawn()
@@ -156,6 +156,10 @@ class LocalDelivery:
 
     def _report(self, payload: bytes) -> None:
         kind = payload[:1]
+        if kind == b"Q":
+            if self.on_queued is not None:
+                self.on_queued()
+            return
         if kind == b"R":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -168,8 +172,6 @@ class LocalDelivery:
             self.delivered += len(done)
             for i in done:
                 self._attempts.pop(i, None)
-            if done and self.on_delivered is not None:
-                self.on_delivered()
         elif kind == b"F":
             for i in ids:
                 message = self._inflight.get(i)

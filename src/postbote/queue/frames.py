@@ -7,6 +7,7 @@ of the payload says what it is:
     worker → server   R                         ready (the worker opened its stores)
                       D <id>\\n<id>...           these messages are delivered (durable)
                       F <id>\\n<id>...           these failed; retry later
+                      Q                         something went into the outbound queue
 """
 
 from __future__ import annotations

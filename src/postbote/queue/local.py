@@ -62,6 +62,7 @@ class Deliverer:
         self.queue = queue
         self.data_dir = data_dir
         self.hostname = hostname
+        self.queued = 0  # messages handed to the outbound queue (for the worker's Q frame)
 
     def deliver(self, batch: Sequence[tuple[SpooledMessage, bool]]) -> tuple[list[str], list[str]]:
         """Deliver (message, fresh) pairs. ``fresh``: accepted by this node and never
@@ -139,6 +140,7 @@ class Deliverer:
                 items.append(self._success_report(p.message, p.success))
         try:
             self.queue.enqueue_batch(items)
+            self.queued += len(items)
         except Exception as exc:
             log.error("queueing %d messages failed: %s", len(plans), exc)
             return False

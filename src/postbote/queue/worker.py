@@ -65,8 +65,9 @@ def serve(deliverer: Deliverer, fd_in: int, fd_out: int) -> None:
         if not payloads:
             continue
         batch: list[tuple[SpooledMessage, bool]] = [frames.decode_message(p) for p in payloads]
+        queued_before = deliverer.queued
         done, failed = deliverer.deliver(batch)
-        out = b""
+        out = frames.frame(b"Q") if deliverer.queued != queued_before else b""
         if done:
             out += frames.encode_ids(b"D", done)
         if failed:
