@@ -88,6 +88,10 @@ class Outbound:
         self._busy: collections.Counter[str] = collections.Counter()
         self._waiting: dict[str, collections.deque[Claim]] = {}
         self._reports_due = True
+        # Results wait here to be written together, one transaction (and sync) for all
+        # the attempts that ended while the previous write ran: a group commit.
+        self._records: list[tuple[str, Sequence[RecipientResult], asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -110,7 +114,8 @@ class Outbound:
                 if self._reports_due:
                     self._reports_due = False
                     await self._send_reports()
-                due = await asyncio.to_thread(self.store.next_due)
+                # Busy: the next finished attempt wakes us anyway; idle: sleep until due.
+                due = None if self._active else await asyncio.to_thread(self.store.next_due)
             except Exception:
                 log.exception("outbound queue scan failed")
                 due = None
@@ -181,7 +186,7 @@ class Outbound:
                 )
                 for a in attempts
             ]
-            await asyncio.to_thread(self.store.record, self.node, claim.message_id, results)
+            await self._record(claim.message_id, results)
             self.attempted += 1
             for r in results:
                 log.info(
@@ -197,6 +202,29 @@ class Outbound:
             if self._busy[claim.domain] <= 0:
                 del self._busy[claim.domain]
             self._dispatch()
+
+    async def _record(self, message_id: str, results: Sequence[RecipientResult]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._records.append((message_id, results, future))
+        if self._recorder is None:
+            self._recorder = asyncio.get_running_loop().create_task(self._write_records())
+        await future
+
+    async def _write_records(self) -> None:
+        try:
+            while self._records:
+                batch, self._records = self._records, []
+                attempts = [(message_id, results) for message_id, results, _ in batch]
+                try:
+                    await asyncio.to_thread(self.store.record_batch, self.node, attempts)
+                except Exception as exc:
+                    for _, _, future in batch:
+                        future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        future.set_result(None)
+        finally:
+            self._recorder = None
 
     async def _defer_after_error(self, claim: Claim) -> None:
         """A bug or a store error must not strand the claim until its lease runs out."""

@@ -29,6 +29,7 @@ from postbote.queue.remote import set_ca_file
 log = logging.getLogger("postbote.outbound")
 
 RESTART_DELAY = 1.0
+DNS_CACHE_SIZE = 10_000  # answers kept for their TTL: the same MX for many messages
 
 
 def make_resolver(config: Config) -> Resolver:
@@ -36,7 +37,7 @@ def make_resolver(config: Config) -> Resolver:
     every lookup fails temporarily, so that outbound mail waits instead of bouncing."""
     servers = [parse_hostport(s, 53) for s in config.dns.nameservers] or None
     try:
-        return DnsResolver(servers, timeout=config.dns.timeout)
+        return DnsResolver(servers, timeout=config.dns.timeout, cache_size=DNS_CACHE_SIZE)
     except ConfigError as exc:
         log.error("no DNS resolver, outbound mail waits: %s (set [dns] nameservers)", exc)
         return _NoResolver(str(exc))

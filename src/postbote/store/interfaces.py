@@ -185,6 +185,12 @@ class QueueStore(Protocol):
         longer holds, e.g. deleted by the operator, are ignored)."""
         ...
 
+    def record_batch(
+        self, node: str, attempts: Sequence[tuple[str, Sequence[RecipientResult]]]
+    ) -> None:
+        """``record`` for several (message id, results) at once, with one sync."""
+        ...
+
     def recover(self, node: str, now: float) -> int:
         """At start-up: rows left inflight by ``node`` (a crash mid-delivery), and rows of
         any node whose lease expired before ``now``, become "deferred", due now.

@@ -56,6 +56,7 @@ _ENTRIES = (
     " r.last_reply, m.size, m.created, r.last_attempt, r.remote_mta, r.report"
     " FROM queue_recipients AS r JOIN queue_messages AS m ON m.id = r.message_id"
 )
+_QUEUED_ID = "SELECT 1 FROM queue_messages WHERE id = ?"
 _MESSAGE = "SELECT envelope_json, size, created, body_path FROM queue_messages WHERE id = ?"
 # A message is done when every row is final and no report is pending.
 _DONE = (
@@ -214,24 +215,15 @@ class SqliteQueueMixin:
         """Store the outcome of an attempt for the rows ``node`` holds inflight; others are
         ignored. A deferred row waits for ``next_attempt``; a "delayed" report also marks
         the row warned; the lease ends."""
+        self.record_batch(node, [(message_id, results)])
+
+    def record_batch(
+        self, node: str, attempts: Sequence[tuple[str, Sequence[RecipientResult]]]
+    ) -> None:
+        """``record`` for several messages in one transaction (one sync)."""
         params: list[dict[str, object]] = []
-        for result in results:
-            if result.state not in _RESULT_STATES:
-                raise StoreError(f"invalid delivery result state: {result.state!r}")
-            if result.report is not None and result.report not in REPORT_ACTIONS:
-                raise StoreError(f"invalid report action: {result.report!r}")
-            params.append(
-                {
-                    "state": result.state,
-                    "reply": result.reply,
-                    "mta": result.remote_mta,
-                    "next": result.next_attempt,
-                    "report": result.report,
-                    "id": message_id,
-                    "rcpt": result.recipient,
-                    "node": node,
-                }
-            )
+        for message_id, results in attempts:
+            params.extend(_record_params(node, message_id, results))
         with self._transaction() as conn:
             conn.executemany(_RECORD, params)
 
@@ -329,15 +321,18 @@ class SqliteQueueMixin:
         )
 
     def queued_body(self, message_id: str) -> bytes:
-        with self._query() as conn:
-            row = conn.execute(
-                "SELECT body_path FROM queue_messages WHERE id = ?", (message_id,)
-            ).fetchone()
-        if row is None:
-            raise _not_found(message_id)
-        path: str = row[0]
+        # The body's name follows from the id (_body_name), so this needs no query, and
+        # no wait behind a commit: it runs once per delivery attempt.
         try:
-            return (self._queue_dir / path).read_bytes()
+            return (self._queue_dir / _body_name(_check_queue_id(message_id))).read_bytes()
+        except StoreError:
+            raise _not_found(message_id) from None
+        except FileNotFoundError:
+            with self._query() as conn:
+                known = conn.execute(_QUEUED_ID, (message_id,)).fetchone() is not None
+            if not known:
+                raise _not_found(message_id) from None
+            raise StoreError(f"cannot read body of queued message {message_id}: missing") from None
         except OSError as exc:
             raise StoreError(f"cannot read body of queued message {message_id}: {exc}") from exc
 
@@ -593,3 +588,27 @@ def _syncfs_path(path: Path) -> None:
             raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
+
+
+def _record_params(
+    node: str, message_id: str, results: Sequence[RecipientResult]
+) -> list[dict[str, object]]:
+    params: list[dict[str, object]] = []
+    for result in results:
+        if result.state not in _RESULT_STATES:
+            raise StoreError(f"invalid delivery result state: {result.state!r}")
+        if result.report is not None and result.report not in REPORT_ACTIONS:
+            raise StoreError(f"invalid report action: {result.report!r}")
+        params.append(
+            {
+                "state": result.state,
+                "reply": result.reply,
+                "mta": result.remote_mta,
+                "next": result.next_attempt,
+                "report": result.report,
+                "id": message_id,
+                "rcpt": result.recipient,
+                "node": node,
+            }
+        )
+    return params
