@@ -64,6 +64,8 @@ def test_embedded_default_values(machine_name, tmp_path, monkeypatch):
         smtp=(ListenAddress("127.0.0.1", 2525),),
         submission=(ListenAddress("127.0.0.1", 2587),),
         submissions=(ListenAddress("127.0.0.1", 2465),),
+        pop3=(ListenAddress("127.0.0.1", 2110),),
+        pop3s=(ListenAddress("127.0.0.1", 2995),),
     )
     assert config.tls == TlsConfig(cert=None, key=None)
     assert config.limits == LimitsConfig()

@@ -26,6 +26,8 @@ from postbote.config import Config, ListenAddress
 from postbote.errors import ConfigError
 from postbote.inbound import InboundBackend
 from postbote.policy.ratelimit import LimiterSettings
+from postbote.pop3.protocol import Pop3Settings
+from postbote.pop3.server import Pop3Server
 from postbote.queue.dispatch import LocalDelivery
 from postbote.queue.runner import OutboundProcess
 from postbote.smtp.protocol import ServerSettings
@@ -48,6 +50,10 @@ _KINDS = (
     _ListenerKind("submission", implicit_tls=False),
     _ListenerKind("submissions", implicit_tls=True),
 )
+_POP3_KINDS = (
+    _ListenerKind("pop3", implicit_tls=False),  # RFC 2595 STLS
+    _ListenerKind("pop3s", implicit_tls=True),  # RFC 8314
+)
 
 
 def open_store(config: Config) -> SqliteStore:
@@ -61,6 +67,7 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.servers: list[SmtpServer] = []
+        self.pop3_servers: list[Pop3Server] = []
         self.bound: list[tuple[str, str]] = []  # (kind, "host:port") actually bound
         self._listeners: list[asyncio.Server] = []
         self._stop = asyncio.Event()
@@ -141,7 +148,25 @@ class App:
                 )
                 self.servers.append(server)
                 for addr in addresses:
-                    await self._listen(server, kind, addr, ssl_ctx if kind.implicit_tls else None)
+                    await self._listen(
+                        server.protocol_factory,
+                        kind.name,
+                        addr,
+                        ssl_ctx if kind.implicit_tls else None,
+                    )
+            for kind in _POP3_KINDS:
+                addresses = getattr(c.listen, kind.name)
+                if not addresses:
+                    continue
+                pop3 = self._pop3_server(kind, authenticator, store, ssl_ctx)
+                self.pop3_servers.append(pop3)
+                for addr in addresses:
+                    await self._listen(
+                        pop3.protocol_factory,
+                        kind.name,
+                        addr,
+                        ssl_ctx if kind.implicit_tls else None,
+                    )
             if not self._listeners:
                 raise ConfigError(f"{c.source}: listen: no listener configured")
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,6 +182,7 @@ class App:
                 listener.close()
             await asyncio.gather(
                 *(s.shutdown(c.limits.shutdown_grace) for s in self.servers),
+                *(p.shutdown(c.limits.shutdown_grace) for p in self.pop3_servers),
                 return_exceptions=True,
             )
             with contextlib.suppress(asyncio.TimeoutError):
@@ -168,10 +194,41 @@ class App:
             if started:  # a start-up error is reported alone, in one line, by the CLI
                 print("postbote: stopped", file=sys.stderr, flush=True)
 
+    def _pop3_server(
+        self,
+        kind: _ListenerKind,
+        authenticator: Authenticator,
+        store: SqliteStore,
+        ssl_ctx: ssl.SSLContext,
+    ) -> Pop3Server:
+        c = self.config
+
+        def local_user(address: str) -> bool:
+            found = store.resolve(address)
+            return found is not None and address in found.mailboxes
+
+        return Pop3Server(
+            kind=kind.name,
+            settings=Pop3Settings(
+                hostname=c.hostname,
+                stls_available=not kind.implicit_tls,
+                in_tls=kind.implicit_tls,
+                autologout=c.pop3.autologout,
+                max_errors=c.limits.max_errors,
+            ),
+            authenticator=authenticator,
+            data_dir=c.data_dir,
+            ssl_context=ssl_ctx,
+            plaintext_loopback=c.pop3.plaintext_on_loopback,
+            max_connections=c.limits.max_connections,
+            max_connections_per_ip=c.limits.max_connections_per_ip,
+            local_user=local_user,
+        )
+
     async def _listen(
         self,
-        server: SmtpServer,
-        kind: _ListenerKind,
+        factory: Callable[[], asyncio.BaseProtocol],
+        kind: str,
         addr: ListenAddress,
         ssl_ctx: ssl.SSLContext | None,
     ) -> None:
@@ -179,7 +236,7 @@ class App:
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         try:
             listener = await loop.create_server(
-                server.protocol_factory,
+                factory,
                 host=addr.host,
                 port=addr.port,
                 family=family,
@@ -191,12 +248,12 @@ class App:
         except OSError as exc:
             # uvloop's errors carry no strerror; derive the usual text from errno.
             reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
-            raise ConfigError(f"listen.{kind.name}: cannot listen on {addr}: {reason}") from exc
+            raise ConfigError(f"listen.{kind}: cannot listen on {addr}: {reason}") from exc
         self._listeners.append(listener)
         for sock in listener.sockets:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            self.bound.append((kind.name, shown))
+            self.bound.append((kind, shown))
 
     def stop(self) -> None:
         self._stop.set()

@@ -35,6 +35,8 @@ data_dir = "postbote-data"
 smtp = ["127.0.0.1:2525"]
 submission = ["127.0.0.1:2587"]
 submissions = ["127.0.0.1:2465"]
+pop3 = ["127.0.0.1:2110"]
+pop3s = ["127.0.0.1:2995"]
 """
 
 
@@ -153,6 +155,8 @@ class ListenConfig:
     smtp: tuple[ListenAddress, ...] = ()  # MX, port 25 in production
     submission: tuple[ListenAddress, ...] = ()  # RFC 6409: 587, STARTTLS
     submissions: tuple[ListenAddress, ...] = ()  # RFC 8314 §3.3: 465, implicit TLS
+    pop3: tuple[ListenAddress, ...] = ()  # RFC 1939: 110, with STLS (RFC 2595)
+    pop3s: tuple[ListenAddress, ...] = ()  # RFC 8314 §3.3: 995, implicit TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +305,16 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Pop3Config:
+    """Mailbox access over POP3 (RFC 1939)."""
+
+    # Passwords only over TLS (STLS or POP3S); true also allows them in plaintext from
+    # clients on this machine (127.0.0.0/8, ::1), e.g. a local fetchmail.
+    plaintext_on_loopback: bool = False
+    autologout: float = field(default=600.0, metadata=_at_least(600, " (RFC 1939 §3)"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; built only by `load_config`, `parse_config` or by tests."""
 
@@ -316,6 +330,7 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
 
 
 def _listen_problem(listen: ListenConfig) -> tuple[str, str] | None:
