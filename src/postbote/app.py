@@ -214,6 +214,7 @@ class App:
                 stls_available=not kind.implicit_tls,
                 in_tls=kind.implicit_tls,
                 autologout=c.pop3.autologout,
+                login_delay=c.pop3.login_delay,
                 max_errors=c.limits.max_errors,
             ),
             authenticator=authenticator,

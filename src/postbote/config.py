@@ -312,6 +312,7 @@ class Pop3Config:
     # clients on this machine (127.0.0.0/8, ::1), e.g. a local fetchmail.
     plaintext_on_loopback: bool = False
     autologout: float = field(default=600.0, metadata=_at_least(600, " (RFC 1939 §3)"))
+    login_delay: int = field(default=0, metadata=_at_least(0))  # RFC 2449 §6.5; 0: none
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,24 @@ def test_plaintext_allowed_on_loopback_when_configured(tmp_path: Path) -> None:
         server.kill()
 
 
+def test_login_delay_is_announced_and_enforced(tmp_path: Path) -> None:
+    server = make_pop3_server(tmp_path / "node", "[pop3]\nlogin_delay = 300\n")
+    server.start()
+    try:
+        client = login_stls(server)
+        assert client.capa()["LOGIN-DELAY"] == ["300"]  # RFC 2449 §6.5
+        client.quit()
+        again = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=15)
+        again.stls(context=tls_client_context(server))
+        again.user(ALICE)
+        with pytest.raises(poplib.error_proto, match=r"\[LOGIN-DELAY\]"):
+            again.pass_(PASSWORD)
+        again.quit()
+        login_stls(server, BOB).quit()  # per user
+    finally:
+        server.kill()
+
+
 def test_stls_injection_is_discarded(server: ServerProcess) -> None:
     sock = socket.create_connection(("127.0.0.1", server.ports["pop3"]), timeout=10)
     with sock:

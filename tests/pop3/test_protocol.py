@@ -162,6 +162,18 @@ AUTHORIZATION = [
     Case("capa-plain", b"CAPA\r\n", R_CAPA_PLAIN, config=settings()),
     Case("capa-plain-stls", b"CAPA\r\n", R_CAPA_PLAIN_STLS, config=STLS_PLAIN),
     Case("capa-tls", b"CAPA\r\n", R_CAPA_AUTH),
+    Case(
+        "capa-login-delay",  # RFC 2449 §6.5
+        b"CAPA\r\n",
+        capa(
+            *BASE_CAPS,
+            "USER",
+            "SASL PLAIN SCRAM-SHA-256",
+            "LOGIN-DELAY 60",
+            "IMPLEMENTATION postbote",
+        ),
+        config=settings(in_tls=True, login_delay=60),
+    ),
     # RFC 2595 §4: STLS is not offered once TLS is active.
     Case(
         "capa-tls-no-stls",

@@ -113,6 +113,7 @@ class Pop3Settings:
     plaintext_auth: bool = False  # USER/PASS and AUTH allowed without TLS
     sasl_mechanisms: tuple[str, ...] = ("PLAIN", "SCRAM-SHA-256")
     autologout: float = 600.0  # RFC 1939 §3: at least 10 minutes of inactivity
+    login_delay: int = 0  # RFC 2449 §6.5: minimum seconds between logins; 0: none
     max_errors: int = 10  # bad commands before the session is closed
 
     def __post_init__(self) -> None:
@@ -126,7 +127,7 @@ class Pop3Settings:
         for mech in self.sasl_mechanisms:
             if not mech or mech != mech.upper() or not mech.isascii() or " " in mech:
                 raise ValueError(f"bad SASL mechanism name: {mech!r}")
-        if self.autologout <= 0 or self.max_errors < 1:
+        if self.autologout <= 0 or self.max_errors < 1 or self.login_delay < 0:
             raise ValueError("autologout and max_errors must be positive")
 
 
@@ -493,6 +494,8 @@ class Pop3Connection:
                 caps.append("SASL " + " ".join(s.sasl_mechanisms))  # RFC 5034 §5
         if s.stls_available and not self.in_tls:
             caps.append("STLS")  # RFC 2595 §4: not offered once in TLS
+        if s.login_delay > 0:
+            caps.append(f"LOGIN-DELAY {s.login_delay}")  # RFC 2449 §6.5 (glue enforces it)
         if s.implementation:
             caps.append(f"IMPLEMENTATION {s.implementation}")  # RFC 2449 §6.9
         return caps

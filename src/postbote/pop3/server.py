@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class Pop3Server:
     max_connections: int
     max_connections_per_ip: int
     local_user: Callable[[str], bool]  # is this identity a mailbox here?
+    clock: Callable[[], float] = time.monotonic
+    # RFC 2449 §8.1.1 LOGIN-DELAY: when each user last logged in (settings.login_delay > 0).
+    last_login: dict[str, float] = field(default_factory=dict)
     sessions: set[Pop3Session] = field(default_factory=set)
     per_ip: dict[str, int] = field(default_factory=dict)
     shutting_down: bool = False
@@ -279,11 +283,19 @@ class Pop3Session(asyncio.Protocol):
             self.conn.login_failed("AUTH", "authentication failed", now=now)
 
     async def _open_mailbox(self, user: str) -> None:
-        conn = self.conn
+        conn, server = self.conn, self.server
         assert conn is not None
-        if not self.server.local_user(user):
+        if not server.local_user(user):
             conn.login_failed("AUTH", "authentication failed", now=self.loop.time())
             return
+        delay = server.settings.login_delay
+        if delay > 0:  # checked after a valid password, so it reveals nothing to guessers
+            now, last = server.clock(), server.last_login.get(user)
+            if last is not None and now - last < delay:
+                text = f"wait {delay} seconds between logins"
+                conn.login_failed("LOGIN-DELAY", text, now=self.loop.time())
+                return
+            server.last_login[user] = now
         mailbox = Mailbox(mailbox_root(self.server.data_dir, user))
         lock = await asyncio.to_thread(mailbox.lock_exclusive)
         if lock is None:  # RFC 2449 §8
