@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need and runs them: the Debian packages of the real
-# peers the tests talk to (swaks, msmtp, fetchmail, getmail6, postfix's smtp-source and
-# smtp-sink), a virtual environment with postbote and its test extra, then ruff,
-# mypy --strict and pytest.
+# peers the tests talk to (swaks, msmtp, fetchmail, getmail6, opendkim-tools, postfix's
+# smtp-source and smtp-sink), a virtual environment with postbote and its test extra,
+# then ruff, mypy --strict and pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +11,7 @@ command -v swaks >/dev/null || missing+=(swaks)
 command -v msmtp >/dev/null || missing+=(msmtp)
 command -v fetchmail >/dev/null || missing+=(fetchmail)
 command -v getmail >/dev/null || missing+=(getmail6)
+command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
 [ -x /usr/sbin/smtp-source ] || missing+=(postfix)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

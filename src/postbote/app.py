@@ -25,11 +25,13 @@ from postbote.auth import Authenticator
 from postbote.config import Config, ListenAddress
 from postbote.errors import ConfigError
 from postbote.inbound import InboundBackend
+from postbote.policy.checks import MailChecks
+from postbote.policy.dkimkeys import DkimKeys
 from postbote.policy.ratelimit import LimiterSettings
 from postbote.pop3.protocol import Pop3Settings
 from postbote.pop3.server import Pop3Server
 from postbote.queue.dispatch import LocalDelivery
-from postbote.queue.runner import OutboundProcess
+from postbote.queue.runner import OutboundProcess, make_resolver
 from postbote.smtp.protocol import ServerSettings
 from postbote.smtp.server import SmtpServer
 from postbote.spool import Spool
@@ -123,6 +125,7 @@ class App:
                 delay_after=c.auth.delay_after,
             ),
         )
+        authserv_id = c.checks.authserv_id or c.hostname
         backend = InboundBackend(
             hostname=c.hostname,
             directory=store,
@@ -130,6 +133,9 @@ class App:
             delivery=delivery,
             authenticator=authenticator,
             privacy=c.submission.privacy,
+            checks=MailChecks(c.checks, make_resolver(c), authserv_id),
+            dkim_keys=DkimKeys(c.data_dir),
+            authserv_id=authserv_id,
         )
         started = False
         try:

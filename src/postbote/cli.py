@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from postbote import __version__
+from postbote import __version__, cli_mailauth
 from postbote.config import Config, load_config
 from postbote.envelope import Envelope
 from postbote.errors import ConfigError, NotFound, PostboteError
@@ -431,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler=cmd_alias)
 
     _add_queue_parser(sub, common)
+    cli_mailauth.add_parsers(sub, common)
     return p
 
 
@@ -445,6 +446,7 @@ _NEEDS_ARG = {
     ("user", "disallow-sender"),
     ("alias", "add"),
     ("alias", "remove"),
+    ("dkim", "keygen"),
 }
 
 
@@ -467,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "names", None)
             or getattr(args, "address", None)
             or getattr(args, "alias", None)
+            or getattr(args, "domain", None)
         )
         if not value:
             parser.error(f"{args.command} {action} needs an argument")

@@ -304,6 +304,32 @@ class DeliveryConfig:
     smarthost: SmarthostConfig = field(default_factory=SmarthostConfig)
 
 
+def _networks_problem(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            return f'{_show(value)} is not a network (like "192.0.2.0/24" or "::1")'
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksConfig:
+    """SPF, DKIM and DMARC on mail from the internet (the smtp listener, no login)."""
+
+    spf: str = field(default="tag", metadata=_one_of("reject", "tag", "off"))
+    dkim: str = field(default="tag", metadata=_one_of("reject", "tag", "off"))
+    dmarc: str = field(default="policy", metadata=_one_of("policy", "tag", "off"))
+    authserv_id: str = field(  # RFC 8601 §2.5; "" = hostname
+        default="", metadata=_rule(lambda v: _hostname_problem(v) if v else None)
+    )
+    # Programs on this machine are not "the internet": no checks for them.
+    trusted_networks: tuple[str, ...] = field(
+        default=("127.0.0.0/8", "::1/128"), metadata=_rule(_networks_problem)
+    )
+    timeout: float = field(default=30.0, metadata=_greater_than(0))
+
+
 @dataclass(frozen=True, slots=True)
 class Pop3Config:
     """Mailbox access over POP3 (RFC 1939)."""
@@ -332,6 +358,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
 
 def _listen_problem(listen: ListenConfig) -> tuple[str, str] | None:

@@ -8,12 +8,17 @@ to local delivery.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 
 from postbote.auth import Authenticator, Outcome
 from postbote.envelope import Envelope, Recipient
 from postbote.errors import SpoolError, SpoolFull
+from postbote.policy import authresults
+from postbote.policy.checks import MailChecks
+from postbote.policy.dkimkeys import DkimKeys, sign_message
 from postbote.policy.relay import check_recipient
 from postbote.policy.senders import may_send_as
 from postbote.policy.submission import add_missing_headers, check_from
@@ -45,6 +50,9 @@ class InboundBackend:
         delivery: LocalDelivery,
         authenticator: Authenticator | None = None,
         privacy: bool = True,
+        checks: MailChecks | None = None,
+        dkim_keys: DkimKeys | None = None,
+        authserv_id: str | None = None,
     ) -> None:
         self.hostname = hostname
         self.directory = directory
@@ -52,6 +60,9 @@ class InboundBackend:
         self.delivery = delivery
         self.authenticator = authenticator
         self.privacy = privacy
+        self.checks = checks  # SPF/DKIM/DMARC for mail from the internet
+        self.dkim_keys = dkim_keys  # signing for logged-in users
+        self.authserv_id = authserv_id or hostname
         self.accepted = 0
 
     async def auth(self, info: SessionInfo, event: AuthRequested | AuthResponse) -> Outcome:
@@ -142,6 +153,19 @@ class InboundBackend:
             auth=info.authenticated,
         )
         user = info.authenticated
+        if _AUTHRES.search(body, 0, _header_end(body)):
+            # RFC 8601 §5: a field claiming to be ours was forged (or is a leftover).
+            body = authresults.remove_ours(body, self.authserv_id)
+        results = b""
+        checks = self.checks
+        if checks is not None and checks.applies(info.listener, info.client_ip, user):
+            sender = str(conn.sender) if conn.sender is not None else ""
+            outcome = await checks.run(
+                ip=info.client_ip, helo=info.helo, sender=sender, message=body
+            )
+            if outcome.reply is not None:
+                return outcome.reply
+            results = outcome.header
         if user is not None:
             refusal = check_from(body, lambda a: may_send_as(user, a, self.directory))
             if refusal is not None:
@@ -150,6 +174,7 @@ class InboundBackend:
             body = add_missing_headers(  # RFC 6409 §8.2 (Date), §8.3 (Message-ID)
                 body, now=now, hostname=self.hostname, unique=queue_id
             )
+            body = await self._sign(body)
         header = received_header(
             helo=info.helo,
             client_ip=info.client_ip,
@@ -165,7 +190,7 @@ class InboundBackend:
             now=now,
             hide_client=self.privacy and user is not None,  # a user's IP is private
         )
-        message = header + body
+        message = header + results + body
         try:
             await spool.accept(envelope, message)
         except SpoolFull:
@@ -177,6 +202,23 @@ class InboundBackend:
         self.accepted += 1
         self.delivery.submit(SpooledMessage(envelope, message))
         return Reply.make(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    async def _sign(self, body: bytes) -> bytes:
+        """DKIM-sign a user's message for its From: domain, if it has keys (issue 6 §2)."""
+        if self.dkim_keys is None:
+            return body
+        return await asyncio.to_thread(sign_message, self.dkim_keys, body)
+
+
+_AUTHRES = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def _header_end(message: bytes) -> int:
+    """Where the header section ends (the blank line), or the end of the message."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        end = message.find(b"\n\n")
+    return len(message) if end < 0 else end + 2
 
 
 def _recipient_key(address: Address, backend: InboundBackend) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from postbote.envelope import Envelope, Recipient
+from postbote.policy.dkimkeys import DkimKeys, sign_message
 from postbote.queue.dsn import DsnRecipient, build_dsn, report_envelope
 from postbote.received import delivery_headers
 from postbote.spool import SpooledMessage
@@ -63,6 +64,7 @@ class Deliverer:
         self.data_dir = data_dir
         self.hostname = hostname
         self.queued = 0  # messages handed to the outbound queue (for the worker's Q frame)
+        self.dkim_keys = DkimKeys(data_dir)
 
     def deliver(self, batch: Sequence[tuple[SpooledMessage, bool]]) -> tuple[list[str], list[str]]:
         """Deliver (message, fresh) pairs. ``fresh``: accepted by this node and never
@@ -172,5 +174,6 @@ class Deliverer:
             now=now,
             message_id=dsn_id,
         )
+        report = sign_message(self.dkim_keys, report)  # issue 6 §2: DSNs are signed too
         dsn_env = report_envelope(dsn_id=dsn_id, to=env.sender, report=report, now=now)
         return dsn_env, report, [env.sender]

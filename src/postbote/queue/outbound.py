@@ -30,6 +30,7 @@ from typing import Protocol
 from postbote.config import Config, parse_hostport
 from postbote.dns import Resolver
 from postbote.envelope import Envelope
+from postbote.policy.dkimkeys import DkimKeys, sign_message
 from postbote.queue.dsn import DsnRecipient, build_dsn, report_envelope, status_of
 from postbote.queue.local import unique_name
 from postbote.queue.remote import Connector, SessionError, SessionPool, Timeouts, TlsPolicy
@@ -81,6 +82,7 @@ class Outbound:
         creds = (sh.username, sh.password) if sh.username else None
         self.relay = Connector(helo_name=config.hostname, timeouts=timeouts, credentials=creds)
         self.pool = SessionPool()
+        self.dkim_keys = DkimKeys(config.data_dir)
         self.attempted = 0  # for tests and metrics
         self._wake = asyncio.Event()
         self._stopping = False
@@ -405,6 +407,7 @@ class Outbound:
             now=now,
             message_id=dsn_id,
         )
+        message = sign_message(self.dkim_keys, message)  # issue 6 §2: DSNs are signed too
         dsn_env = report_envelope(dsn_id=dsn_id, to=env.sender, report=message, now=now)
         store.enqueue(dsn_env, message, [env.sender])  # idempotent per (id, recipient)
         store.reports_sent(work.message_id, rcpts)
