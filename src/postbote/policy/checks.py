@@ -46,16 +46,24 @@ class MailChecks:
         self.resolver = resolver
         self.authserv_id = authserv_id
         self._trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_networks]
+        self._seen: dict[str, bool] = {}  # client address -> in a trusted network
 
     def applies(self, kind: str, client_ip: str, authenticated: str | None) -> bool:
         """Mail from the internet: the MX listener, no login, not a trusted network."""
         if kind != "smtp" or authenticated is not None:
             return False
-        try:
-            ip = ipaddress.ip_address(client_ip)
-        except ValueError:
-            return True
-        return not any(ip in net for net in self._trusted)
+        trusted = self._seen.get(client_ip)
+        if trusted is None:  # parsed once per address: this runs for every message
+            try:
+                ip = ipaddress.ip_address(client_ip)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in net for net in self._trusted)
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            self._seen[client_ip] = trusted
+        return not trusted
 
     async def run(self, *, ip: str, helo: str, sender: str, message: bytes) -> CheckOutcome:
         c = self.config

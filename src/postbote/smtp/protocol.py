@@ -159,6 +159,10 @@ _DATA_ERROR_REPLY = {
 }
 
 
+# The 220 greeting per (hostname, banner): made once, not per connection.
+_GREETINGS: dict[tuple[str, str], Reply] = {}
+
+
 class ServerConnection:
     """One SMTP server session, without I/O.
 
@@ -223,8 +227,13 @@ class ServerConnection:
 
     def greeting(self) -> None:
         """Queue the 220 greeting (RFC 5321 §4.2; no enhanced code, RFC 2034 §3)."""
-        text = C220_GREETING_FMT.format(host=self.settings.hostname, banner=self.settings.banner)
-        self._send(Reply.make(220, None, text))
+        settings = self.settings
+        key = (settings.hostname, settings.banner)
+        greeting = _GREETINGS.get(key)
+        if greeting is None:
+            text = C220_GREETING_FMT.format(host=settings.hostname, banner=settings.banner)
+            greeting = _GREETINGS[key] = Reply.make(220, None, text)
+        self._send(greeting)
 
     def refuse(self, reply: Reply) -> None:
         """Answer the connection with ``reply`` (a 421 or 554) and close."""

@@ -6,7 +6,7 @@ code (RFC 2034 §3). Constants are named after their number and meaning.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,8 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The wire form, made once: most replies are module constants sent over and over.
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -47,6 +49,13 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """Serialise as RFC 5321 §4.2.1: ``code-text`` lines then ``code text``."""
+        if self._wire is not None:
+            return self._wire
+        wire = self._serialise()
+        object.__setattr__(self, "_wire", wire)  # frozen: a cache, not a change of value
+        return wire
+
+    def _serialise(self) -> bytes:
         out: list[str] = []
         last = len(self.lines) - 1
         prefix = f"{self.enhanced} " if self.enhanced else ""
