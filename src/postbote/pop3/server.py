@@ -35,6 +35,7 @@ from postbote.pop3.events import (
 )
 from postbote.pop3.maildrop import MessageEntry
 from postbote.pop3.protocol import Pop3Connection, Pop3Settings
+from postbote.starttls import TlsUpgrade
 from postbote.store.mailbox import Mailbox, MailboxLock, Snapshot
 from postbote.store.maildir import mailbox_root
 
@@ -126,7 +127,7 @@ class Pop3Session(asyncio.Protocol):
         self._exchange: sasl.Exchange | None = None
         self._task: asyncio.Task[None] | None = None  # the decision under way
         self._timer: asyncio.TimerHandle | None = None
-        self._tls_early: bytearray | None = None
+        self._tls = TlsUpgrade()  # STLS under way (see starttls.py)
         self._closing = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -153,9 +154,8 @@ class Pop3Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn is None or self._closing:
             return
-        if self._tls_early is not None:  # decrypted before start_tls() returned
-            self._tls_early += data
-            if len(self._tls_early) > _READ_HIGH_WATER:
+        if self._tls.in_progress:  # decrypted before start_tls() returned
+            if not self._tls.keep(data):
                 self.abort()
             return
         self.conn.receive_data(data, self.loop.time())
@@ -348,23 +348,14 @@ class Pop3Session(asyncio.Protocol):
     async def _start_tls(self) -> None:
         conn, transport, ctx = self.conn, self.transport, self.server.ssl_context
         assert conn is not None and transport is not None and ctx is not None
-        self._tls_early = bytearray()  # see smtp/server.py: a client's first TLS bytes
-        try:
-            new = await self.loop.start_tls(
-                transport, self, ctx, server_side=True, ssl_handshake_timeout=30.0
-            )
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            log.info("POP3 TLS handshake with %s failed: %s", self.ip, exc)
-            self.abort()
-            return
-        if new is None:  # pragma: no cover - closed during the handshake
+        new, early = await self._tls.start_tls(self.loop, transport, self, ctx, self.ip)
+        if new is None:
             self.abort()
             return
         self.transport = new
         conn.tls_established()
-        early, self._tls_early = self._tls_early, None
         if early:
-            conn.receive_data(bytes(early), self.loop.time())
+            conn.receive_data(early, self.loop.time())
         self._pump()
 
     # -- timers, shutdown, cleanup -----------------------------------------------------------

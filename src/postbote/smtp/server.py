@@ -31,6 +31,7 @@ from postbote.smtp.events import (
 )
 from postbote.smtp.protocol import ServerConnection, ServerSettings
 from postbote.smtp.replies import Reply
+from postbote.starttls import TlsUpgrade
 
 if TYPE_CHECKING:
     from postbote.sasl import Exchange
@@ -151,7 +152,7 @@ class SmtpSession(asyncio.Protocol):
         "_closing",
         "_task",
         "_timer",
-        "_tls_early",
+        "_tls",
         "conn",
         "info",
         "loop",
@@ -170,8 +171,7 @@ class SmtpSession(asyncio.Protocol):
         # meanwhile. Held here so the task cannot be garbage-collected mid-flight.
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # Bytes that came through TLS before start_tls() returned (see _start_tls).
-        self._tls_early: bytearray | None = None
+        self._tls = TlsUpgrade()  # STARTTLS under way (see starttls.py)
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -198,9 +198,8 @@ class SmtpSession(asyncio.Protocol):
         conn = self.conn
         if conn is None or self._closing:
             return
-        if self._tls_early is not None:
-            self._tls_early += data  # decrypted: the client's first command inside TLS
-            if len(self._tls_early) > _READ_HIGH_WATER:  # nobody sends that much unasked
+        if self._tls.in_progress:  # decrypted: the client's first command inside TLS
+            if not self._tls.keep(data):
                 self.abort()
             return
         conn.receive_data(data, self.loop.time())
@@ -324,31 +323,19 @@ class SmtpSession(asyncio.Protocol):
     async def _start_tls(self) -> None:
         conn, transport, ctx = self.conn, self.transport, self.server.ssl_context
         assert conn is not None and transport is not None and ctx is not None
-        # From here on, data_received only ever gets bytes decrypted by the TLS layer
-        # (plaintext pipelined after STARTTLS was dropped by the core already). A client
-        # may send its EHLO in the same flight as the end of its handshake, so it can
-        # arrive before start_tls() returns: keep it for after tls_established().
-        self._tls_early = bytearray()
-        try:
-            new_transport = await self.loop.start_tls(
-                transport, self, ctx, server_side=True, ssl_handshake_timeout=30.0
-            )
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            log.info("TLS handshake with %s failed: %s", self.info and self.info.client_ip, exc)
-            self.abort()
-            return
-        if new_transport is None:  # pragma: no cover - closed during the handshake
+        peer = self.info.client_ip if self.info is not None else "?"
+        new_transport, early = await self._tls.start_tls(self.loop, transport, self, ctx, peer)
+        if new_transport is None:
             self.abort()
             return
         self.transport = new_transport
         conn.tls_established()
-        early, self._tls_early = self._tls_early, None
-        if early:
-            conn.receive_data(bytes(early), self.loop.time())
         if self.info is not None:
             self.info.tls = True
             self.info.authenticated = None
             self.info.helo = ""
+        if early:
+            conn.receive_data(early, self.loop.time())
         self._pump()
 
     # -- timers and shutdown -----------------------------------------------------
