@@ -13,7 +13,6 @@ names across batches so a long-lived deliverer need not list big mailboxes every
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import threading
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postbote.fsutil import fsync_path
+from postbote.fsutil import SYNCFS, fsync_path, syncfs_path
 
 _SUBDIRS = ("tmp", "new", "cur")
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-=")
@@ -343,27 +342,11 @@ def _sync_directories(batch: _Batch, writes: list[_Write]) -> None:
                 batch.results[i] = error
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return fn
-
-
-_syncfs = _load_syncfs()
+_syncfs = SYNCFS  # module attribute: tests replace it
 
 
 def _syncfs_path(path: Path) -> None:
-    assert _syncfs is not None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
+    syncfs_path(path, _syncfs)
 
 
 def clean_tmp(root: Path, older_than: float) -> int:

@@ -13,20 +13,19 @@ claim the same row.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from postbote.envelope import Envelope
 from postbote.errors import NotFound, StoreError
-from postbote.fsutil import fsync_path
+from postbote.fsutil import SYNCFS, fsync_path, syncfs_path
 from postbote.store.interfaces import (
     REPORT_ACTIONS,
     Claim,
@@ -565,29 +564,11 @@ def _sync_files(directory: Path, paths: Sequence[Path]) -> None:
             fsync_path(path)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    return fn
-
-
-_syncfs = _load_syncfs()
+_syncfs = SYNCFS  # module attribute: tests replace it
 
 
 def _syncfs_path(path: Path) -> None:
-    """syncfs(2) on the filesystem holding ``path``: every dirty file on it is written."""
-    if _syncfs is None:
-        raise OSError("syncfs is not available")
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
+    syncfs_path(path, _syncfs)
 
 
 def _record_params(
