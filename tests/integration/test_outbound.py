@@ -16,6 +16,7 @@ import smtplib
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -42,6 +43,7 @@ ALICE = f"alice@{DOMAIN}"
 DEST = "127.0.0.2"  # the postbote destination
 SINKS = ("127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6")
 DEAD = "127.0.0.9"  # nothing listens here: connection refused
+BROKEN_TLS = "127.0.0.8"  # offers STARTTLS, then fails every handshake
 
 
 def _port_free_everywhere() -> int:
@@ -50,7 +52,7 @@ def _port_free_everywhere() -> int:
             s.bind((DEST, 0))
             port = int(s.getsockname()[1])
         try:
-            for host in (*SINKS, DEAD):
+            for host in (*SINKS, DEAD, BROKEN_TLS):
                 with socket.socket() as t:
                     t.bind((host, port))
             return port
@@ -516,6 +518,75 @@ def test_real_postfix_smtp_sink_receives_the_message(
 
 
 # --- TLS -----------------------------------------------------------------------------------
+
+
+class BrokenTlsServer:
+    """A mail host with a broken TLS stack: it offers STARTTLS, answers the client's
+    handshake with garbage, and takes mail fine in plaintext (a fake remote host: no
+    real server can be made to fail like this on purpose)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.messages: list[bytes] = []
+        self.handshakes = 0
+        self.sock = socket.create_server((host, port))
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        conn.sendall(b"220 broken.test ESMTP\r\n")
+        for line in reader:
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                conn.sendall(b"250-broken.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
+            elif line.upper().startswith(b"STARTTLS"):
+                conn.sendall(b"220 go ahead\r\n")
+                conn.recv(4096)  # the ClientHello
+                self.handshakes += 1
+                conn.sendall(b"this is not TLS\r\n")
+                return
+            elif verb == b"DATA":
+                conn.sendall(b"354 go on\r\n")
+                data = b""
+                for body_line in reader:
+                    if body_line == b".\r\n":
+                        break
+                    data += body_line
+                self.messages.append(data)
+                conn.sendall(b"250 2.0.0 taken\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:  # MAIL, RCPT, RSET, NOOP
+                conn.sendall(b"250 2.0.0 ok\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_opportunistic_tls_falls_back_to_plaintext_when_the_handshake_fails(
+    dns: TestDnsServer, sender: ServerProcess, port: int
+) -> None:
+    server = BrokenTlsServer(BROKEN_TLS, port)
+    try:
+        dns.add("brokentls.test", "MX", "10 mx.brokentls.test.")
+        dns.add("mx.brokentls.test", "A", BROKEN_TLS)
+        submit(sender, ["x@brokentls.test"], subject="despite TLS")
+        wait_for(lambda: len(server.messages) == 1, 20, "the plaintext delivery")
+        assert server.handshakes >= 1  # TLS was tried first (RFC 7435)
+        assert b"Subject: despite TLS" in server.messages[0]
+        wait_queue_empty(sender, "@brokentls.test")
+    finally:
+        server.close()
 
 
 def test_required_tls_is_verified_and_used(

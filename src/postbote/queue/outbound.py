@@ -33,7 +33,14 @@ from postbote.envelope import Envelope
 from postbote.policy.dkimkeys import DkimKeys, sign_message
 from postbote.queue.dsn import DsnRecipient, build_dsn, report_envelope, status_of
 from postbote.queue.local import unique_name
-from postbote.queue.remote import Connector, SessionError, SessionPool, Timeouts, TlsPolicy
+from postbote.queue.remote import (
+    Connector,
+    Session,
+    SessionError,
+    SessionPool,
+    Timeouts,
+    TlsPolicy,
+)
 from postbote.queue.routing import Host, RouteError, resolve_route
 from postbote.queue.schedule import Attempt, RetryPolicy, decide
 from postbote.received import delivery_headers
@@ -271,8 +278,8 @@ class Outbound:
             for address in host.addresses:
                 slot = f"{key} {address}"  # reuse only a connection to this very server
                 try:
-                    session = self.pool.take(slot) or await connector.open(
-                        host.name, address, port, policy
+                    session = self.pool.take(slot) or await self._open(
+                        connector, host.name, address, port, policy
                     )
                 except SessionError as err:
                     log.info("id=%s %s", claim.message_id, err.reply)
@@ -292,6 +299,19 @@ class Outbound:
                 relayed = "DSN" not in session.extensions
                 return _attempts_of(result, host.name, relayed)
         return [Attempt(r, last, "temporary") for r in claim.recipients]
+
+    async def _open(
+        self, connector: Connector, host: str, address: str, port: int, policy: TlsPolicy
+    ) -> Session:
+        try:
+            return await connector.open(host, address, port, policy)
+        except SessionError as err:
+            if not (err.tls and policy.mode == "opportunistic"):
+                raise
+        # RFC 7435 §3: opportunistic TLS must not stop mail that plaintext would deliver:
+        # a server whose TLS handshake fails gets the message without TLS, at once.
+        log.info("%s[%s]: TLS handshake failed, delivering without TLS", host, address)
+        return await connector.open(host, address, port, TlsPolicy("none"))
 
     async def _targets(self, domain: str) -> tuple[Sequence[Host], int, Connector, str]:
         """Where mail for ``domain`` goes: the smarthost, or the domain's MX hosts."""

@@ -64,10 +64,11 @@ class SessionError(Exception):
     """A session could not be used. ``reply``: the server's reply or our diagnosis, e.g.
     "4.4.1 connection refused"; ``permanent``: a 5xx from the server."""
 
-    def __init__(self, reply: str, *, permanent: bool = False) -> None:
+    def __init__(self, reply: str, *, permanent: bool = False, tls: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
         self.permanent = permanent
+        self.tls = tls  # the TLS handshake itself failed
 
 
 class Session:
@@ -126,7 +127,9 @@ class Session:
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self.broken = True
-            raise SessionError(f"4.7.5 {self.peer}: TLS handshake failed: {exc}") from None
+            raise SessionError(
+                f"4.7.5 {self.peer}: TLS handshake failed: {exc}", tls=True
+            ) from None
         self.conn.tls_established()
 
     async def open(self, policy: TlsPolicy) -> None:
