@@ -704,6 +704,28 @@ def test_delay_warning_then_expiry_bounce(
         node.kill()
 
 
+def test_a_broken_local_mailbox_is_retried_from_the_queue_then_bounced(
+    tmp_path: Path, dns: TestDnsServer, port: int, ca: trustme.CA
+) -> None:
+    node = _make_sender(tmp_path / "broken", dns, port, ca, extra="max_lifetime = 4\n")
+    node.add_user(f"bob@{DOMAIN}")
+    bob = node.maildir(f"bob@{DOMAIN}")
+    bob.parent.mkdir(parents=True, exist_ok=True)
+    bob.write_text("not a folder")  # every delivery to bob fails (ENOTDIR)
+    node.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", node.smtp_port, timeout=15) as client:
+            client.sendmail(ALICE, [f"bob@{DOMAIN}"], b"Subject: to bob\r\n\r\nhi\r\n")
+        [bounce] = node.wait_messages(ALICE, 1, timeout=40)
+        _, [block], _ = dsn_parts(bounce)
+        assert block["Action"] == "failed"
+        assert block["Status"].startswith("4.3")  # the mailbox error, after 4 s of retries
+        assert f"bob@{DOMAIN}" in block["Final-Recipient"]
+        wait_queue_empty(node)
+    finally:
+        node.kill()
+
+
 # --- smarthost -----------------------------------------------------------------------------
 
 

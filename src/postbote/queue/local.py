@@ -14,6 +14,7 @@ inserts are idempotent per (id, recipient).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -32,6 +33,8 @@ from postbote.store.maildir import MaildirItem, deliver_batch, mailbox_root
 
 log = logging.getLogger("postbote.delivery")
 
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -42,6 +45,8 @@ class _Plan:
     remote: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
     success: list[Recipient] = field(default_factory=list)  # asked for NOTIFY=SUCCESS
+    mailboxes: list[str] = field(default_factory=list)  # the mailbox of each item
+    stuck: list[str] = field(default_factory=list)  # mailboxes whose delivery failed
 
 
 _mailbox_root = functools.lru_cache(maxsize=4096)(mailbox_root)
@@ -79,14 +84,20 @@ class Deliverer:
         queued: list[_Plan] = []
         for plan in plans:
             ok = True
-            for item in plan.items:
+            for item, mailbox in zip(plan.items, plan.mailboxes, strict=True):
                 err = next(errors)
-                if err is not None:
-                    ok = False
-                    log.error("delivery to %s failed: %s", item.root, err)
+                if err is None:
+                    continue
+                log.error("delivery to %s failed: %s", item.root, err)
+                if err.errno in _OUT_OF_SPACE:
+                    ok = False  # the queue is on the same disk: retry the whole message
+                else:
+                    plan.stuck.append(mailbox)
+            if plan.stuck:
+                plan.success.clear()  # no success report while a copy is missing
             if not ok:
                 failed.append(plan.message.envelope.id)
-            elif plan.remote or plan.unresolved or plan.success:
+            elif plan.remote or plan.unresolved or plan.success or plan.stuck:
                 queued.append(plan)
             else:
                 done.append(plan.message.envelope.id)
@@ -112,6 +123,7 @@ class Deliverer:
                 if mailbox in seen:
                     continue
                 seen.add(mailbox)
+                plan.mailboxes.append(mailbox)
                 plan.items.append(
                     MaildirItem(
                         root=_mailbox_root(self.data_dir, mailbox),
@@ -128,16 +140,19 @@ class Deliverer:
         return plan
 
     def _enqueue(self, plans: list[_Plan]) -> bool:
-        """Queue the remote recipients of many messages with one sync. Recipients that
-        existed at RCPT time but not any more go to the queue too: the outbound
-        scheduler delivers local domains itself and bounces them (550 5.1.1)."""
+        """Queue the remote recipients of many messages with one sync. Two kinds of local
+        recipients go to the queue too, where the outbound scheduler delivers local
+        domains itself: those that existed at RCPT time but not any more (it bounces them,
+        550 5.1.1), and mailboxes whose delivery failed (a broken folder: it retries them
+        on the queue's schedule and bounces them when the queue lifetime ends)."""
         for plan in plans:
             if plan.unresolved:
                 log.warning("recipients no longer exist: %s", ", ".join(plan.unresolved))
         items: list[tuple[Envelope, bytes, Sequence[str]]] = []
         for p in plans:
-            if p.remote or p.unresolved:
-                items.append((p.message.envelope, p.message.body, p.remote + p.unresolved))
+            if p.remote or p.unresolved or p.stuck:
+                rcpts = p.remote + p.unresolved + p.stuck
+                items.append((p.message.envelope, p.message.body, rcpts))
             if p.success:
                 items.append(self._success_report(p.message, p.success))
         try:
