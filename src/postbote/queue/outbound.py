@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -62,7 +63,7 @@ class Store(Directory, QueueStore, Protocol):
 def tls_policy_for(config: Config, domain: str, mx_host: str) -> TlsPolicy:
     """The TLS requirement for one destination host. MTA-STS (RFC 8461) and DANE
     (RFC 7672) will add their verdicts here."""
-    if domain in config.delivery.require_tls:
+    if domain in _lower(config.delivery.require_tls):
         return TlsPolicy("required", verify=True, server_name=mx_host)
     if config.delivery.tls == "none":
         return TlsPolicy("none")
@@ -316,7 +317,7 @@ class Outbound:
     async def _targets(self, domain: str) -> tuple[Sequence[Host], int, Connector, str]:
         """Where mail for ``domain`` goes: the smarthost, or the domain's MX hosts."""
         sh = self.config.delivery.smarthost
-        if sh.host and (not sh.domains or domain in sh.domains):
+        if sh.host and (not sh.domains or domain in _lower(sh.domains)):
             name, port = parse_hostport(sh.host, 587)
             try:
                 hosts = [Host(name, 0, (str(ipaddress.ip_address(name)),))]
@@ -329,7 +330,7 @@ class Outbound:
 
     def _policy(self, domain: str, mx_host: str) -> TlsPolicy:
         sh = self.config.delivery.smarthost
-        if sh.host and (not sh.domains or domain in sh.domains):
+        if sh.host and (not sh.domains or domain in _lower(sh.domains)):
             name, _ = parse_hostport(sh.host, 587)
             # A smarthost gets our password: always TLS with a verified certificate.
             return TlsPolicy("implicit" if sh.tls == "implicit" else "required", True, name)
@@ -432,6 +433,12 @@ class Outbound:
         store.enqueue(dsn_env, message, [env.sender])  # idempotent per (id, recipient)
         store.reports_sent(work.message_id, rcpts)
         log.info("id=%s DSN %s queued for %s", work.message_id, dsn_id, env.sender)
+
+
+@functools.lru_cache(maxsize=8)
+def _lower(domains: tuple[str, ...]) -> frozenset[str]:
+    """Configured domain lists compared the way claims spell domains: lowercase."""
+    return frozenset(d.lower().rstrip(".") for d in domains)
 
 
 def _status(reply: str, action: str) -> str:
