@@ -55,6 +55,8 @@ def _port_free_everywhere() -> int:
             for host in (*SINKS, DEAD, BROKEN_TLS):
                 with socket.socket() as t:
                     t.bind((host, port))
+            with socket.socket(socket.AF_INET6) as t6:  # the IPv6 destination
+                t6.bind(("::1", port))
             return port
         except OSError:
             continue
@@ -307,6 +309,27 @@ def test_implicit_mx_when_the_domain_has_no_mx(
     got = dest.wait_messages("carol@implicit.test", before + 1)
     assert any(b"Subject: implicit" in m for m in got)
     wait_queue_empty(sender, "@implicit.test")
+
+
+def test_delivers_over_ipv6_to_an_aaaa_only_mx(
+    tmp_path: Path, dns: TestDnsServer, sender: ServerProcess, port: int
+) -> None:
+    root = tmp_path / "v6"
+    root.mkdir()
+    v6 = ServerProcess(root, listen={"smtp": f"[::1]:{port}"}, hostname="mx6.v6.test")
+    assert v6.cli("domain", "add", "v6.test") == 0
+    v6.add_user("carol@v6.test")
+    v6.start()
+    try:
+        dns.add("v6.test", "MX", "10 mx6.v6.test.")
+        dns.add("mx6.v6.test", "AAAA", "::1")
+        submit(sender, ["carol@v6.test"], subject="over IPv6")
+        [got] = v6.wait_messages("carol@v6.test", 1)
+        assert b"Subject: over IPv6" in got
+        assert b"[IPv6:::1]" in got  # B's Received: line names the IPv6 client
+        wait_queue_empty(sender, "@v6.test")
+    finally:
+        v6.kill()
 
 
 def test_null_mx_bounces_at_once_with_5_1_10(dns: TestDnsServer, sender: ServerProcess) -> None:
