@@ -8,6 +8,7 @@ then SIGKILL) by the context manager that started it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -33,6 +34,22 @@ READY = re.compile(r"ready smtp=127\.0\.0\.1:(\d+)")
 
 class BenchError(Exception):
     """A benchmark step failed; the message says which and why."""
+
+
+def check_counts(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    names: Sequence[str],
+    *,
+    timeout_per_message: float,
+) -> None:
+    """Every ``--NAME`` in ``names`` at least 1; a ``--timeout`` of 0 (the default) becomes
+    60 s plus ``timeout_per_message`` seconds per message."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.timeout <= 0:
+        args.timeout = 60.0 + args.messages * timeout_per_message
 
 
 def median(values: Sequence[float]) -> float:

@@ -39,6 +39,7 @@ from common import (
     RECIPIENT,
     BenchError,
     PostboteServer,
+    check_counts,
     free_port,
     is_listening,
     log_tail,
@@ -98,11 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds allowed per session (default: 60 + messages/100)",
     )
     args = p.parse_args(argv)
-    for name in ("messages", "size", "runs", "depth"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if args.timeout <= 0:
-        args.timeout = 60.0 + args.messages / 100
+    check_counts(p, args, ("messages", "size", "runs", "depth"), timeout_per_message=1 / 100)
     return args
 
 

@@ -39,6 +39,7 @@ from common import (
     SENDER,
     BenchError,
     PostboteServer,
+    check_counts,
     count_files,
     log_tail,
     median,
@@ -88,11 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds allowed per load run (default: 60 + messages/50)",
     )
     args = p.parse_args(argv)
-    for name in ("sessions", "messages", "size", "runs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if args.timeout <= 0:
-        args.timeout = 60.0 + args.messages / 50
+    check_counts(p, args, ("sessions", "messages", "size", "runs"), timeout_per_message=1 / 50)
     return args
 
 

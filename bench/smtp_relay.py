@@ -52,6 +52,7 @@ from common import (
     BenchError,
     PostboteServer,
     ServerProcess,
+    check_counts,
     child_pids,
     log_tail,
     median,
@@ -100,11 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds allowed per run (default: 60 + messages/50)",
     )
     args = p.parse_args(argv)
-    for name in ("sessions", "messages", "size", "runs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    if args.timeout <= 0:
-        args.timeout = 60.0 + args.messages / 50
+    check_counts(p, args, ("sessions", "messages", "size", "runs"), timeout_per_message=1 / 50)
     if args.profile is not None and shutil.which("py-spy") is None:
         p.error("--profile needs py-spy (pip install py-spy)")
     return args
