@@ -21,7 +21,7 @@ from postbote.policy.checks import MailChecks
 from postbote.policy.dkimkeys import DkimKeys, sign_message
 from postbote.policy.relay import check_recipient
 from postbote.policy.senders import may_send_as
-from postbote.policy.submission import add_missing_headers, check_from
+from postbote.policy.submission import add_missing_headers, check_from, header_section
 from postbote.queue.dispatch import LocalDelivery
 from postbote.received import protocol_name, received_header
 from postbote.smtp import replies as R
@@ -153,7 +153,7 @@ class InboundBackend:
             auth=info.authenticated,
         )
         user = info.authenticated
-        if _AUTHRES.search(body, 0, _header_end(body)):
+        if _AUTHRES.search(body, 0, len(header_section(body))):
             # RFC 8601 §5: a field claiming to be ours was forged (or is a leftover).
             body = authresults.remove_ours(body, self.authserv_id)
         results = b""
@@ -211,14 +211,6 @@ class InboundBackend:
 
 
 _AUTHRES = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
-
-
-def _header_end(message: bytes) -> int:
-    """Where the header section ends (the blank line), or the end of the message."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        end = message.find(b"\n\n")
-    return len(message) if end < 0 else end + 2
 
 
 def _recipient_key(address: Address, backend: InboundBackend) -> str:

@@ -103,7 +103,7 @@ def add_missing_headers(message: bytes, *, now: float, hostname: str, unique: st
     The date is ``now`` (a POSIX time) in the local time zone, as RFC 5322 §3.3 date-time.
     ValueError if ``unique`` or ``hostname`` cannot form a msg-id.
     """
-    present = {name.lower() for name in _field_names(_header_section(message))}
+    present = {name.lower() for name in _field_names(header_section(message))}
     added: list[bytes] = []
     if b"date" not in present:
         added.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode() + b"\r\n")
@@ -118,7 +118,7 @@ def add_missing_headers(message: bytes, *, now: float, hostname: str, unique: st
 # --- the header section ----------------------------------------------------------------------
 
 
-def _header_section(message: bytes) -> bytes:
+def header_section(message: bytes) -> bytes:
     """The header section with the CRLF of its last line, without the empty line that ends
     it (RFC 5322 §2.1). A message without an empty line is all header section."""
     if message.startswith(b"\r\n"):
@@ -154,7 +154,7 @@ def _from_values(message: bytes) -> list[str] | None:
     values: list[str] = []
     in_from = False
     raw: list[bytes] = []
-    for line in [*_lines(_header_section(message)), b""]:
+    for line in [*_lines(header_section(message)), b""]:
         if b"\r" in line or b"\n" in line:  # a line break to some readers (RFC 5322 §2.3)
             return None
         if line[:1] in (b" ", b"\t") and raw:  # RFC 5322 §2.2.3: a folded continuation
