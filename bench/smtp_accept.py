@@ -41,6 +41,7 @@ from common import (
     PostboteServer,
     check_counts,
     count_files,
+    deferred_cleanup,
     log_tail,
     median,
     print_table,
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# load: Python asyncio client ({why}); numbers are not comparable to anchors.md")
     if not tools:
         print("# anchors skipped: Postfix not installed (see bench/README.md)")
-    series = run_all(args, load, anchors)
+    with deferred_cleanup():  # see its docstring: no run pays for an earlier one's files
+        series = run_all(args, load, anchors)
     print()
     print_table(
         ["server", "sessions", "msgs/s (median)", "runs (msgs/s each)"],

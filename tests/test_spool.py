@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,9 @@ import pytest
 from postbote.envelope import Envelope, Recipient
 from postbote.errors import SpoolError, SpoolFull
 from postbote.spool import Spool
+from postbote.spool_sync import SyncHelper
+
+REAL_SYNC = SyncHelper.sync  # the spool's fdatasync runs in a helper (spool_sync.py)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -278,16 +280,15 @@ def test_concurrent_accepts_share_fdatasyncs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     syncs = 0
-    real = os.fdatasync
 
-    def counting(fd: int) -> None:
+    async def counting(self: SyncHelper, fd: int) -> None:
         nonlocal syncs
         syncs += 1
-        real(fd)
+        await REAL_SYNC(self, fd)
 
     async def run() -> list[tuple[Envelope, bytes]]:
         spool = await running(tmp_path)
-        monkeypatch.setattr(os, "fdatasync", counting)
+        monkeypatch.setattr(SyncHelper, "sync", counting)
         envs = [make_envelope(spool, n) for n in range(500)]
         await asyncio.gather(*(spool.accept(e, body_for(n)) for n, e in enumerate(envs)))
         assert syncs < 500 / 5
@@ -352,13 +353,13 @@ def test_done_record_that_failed_to_write_is_retried(
 def test_fdatasync_error_is_spool_error_not_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    async def broken(self: SyncHelper, fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")  # as the helper reports it
 
     async def run() -> list[tuple[Envelope, bytes]]:
         spool = await running(tmp_path)
         before = await accept_n(spool, 1)
-        monkeypatch.setattr(os, "fdatasync", broken)
+        monkeypatch.setattr(SyncHelper, "sync", broken)
         with pytest.raises(SpoolError) as info:
             await spool.accept(make_envelope(spool, 5), body_for(5))
         assert not isinstance(info.value, SpoolFull)
@@ -414,19 +415,19 @@ def test_lifecycle_errors_and_idempotent_close(tmp_path: Path) -> None:
 
 def test_cancelled_accept_is_not_delivered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A session cancelled while its record is being synced never said 250: drop it."""
-    entered, release = threading.Event(), threading.Event()
-    real = os.fdatasync
-
-    def slow(fd: int) -> None:
-        entered.set()
-        release.wait(30)
-        real(fd)
 
     async def run() -> None:
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(self: SyncHelper, fd: int) -> None:
+            entered.set()
+            await release.wait()
+            await REAL_SYNC(self, fd)
+
         spool = await running(tmp_path)
-        monkeypatch.setattr(os, "fdatasync", slow)
+        monkeypatch.setattr(SyncHelper, "sync", slow)
         task = asyncio.create_task(spool.accept(make_envelope(spool), b"gone"))
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 30)
+        await entered.wait()
         task.cancel()
         release.set()
         with pytest.raises(asyncio.CancelledError):
@@ -513,6 +514,8 @@ def test_killed_spool_recovers_from_its_preallocated_segment(tmp_path: Path) -> 
         # Simulate SIGKILL: no close(); just drop the lock so a new Spool can open.
         os.close(spool._lock_fd)
         spool._lock_fd = -1
+        assert spool._syncer is not None
+        await spool._syncer.close()  # only the process's helper, not the journal
         return accepted
 
     accepted = asyncio.run(run())

@@ -8,9 +8,11 @@ accepted message that was not marked done, each exactly once.
 
 Group commit: ``accept`` appends its record to an in-memory list and waits on a future.
 One committer task takes *all* waiting records, writes them with one ``os.pwrite`` and
-one ``os.fdatasync`` in a dedicated worker thread (the event loop keeps serving other
-sessions meanwhile) and then resolves the futures. Records arriving during a sync form
-the next batch, so one sync covers the messages of many sessions.
+has one ``os.fdatasync`` done by the sync helper process (spool_sync.py; the event loop
+keeps serving other sessions meanwhile), then resolves the futures. Records arriving
+during a sync form the next batch, so one sync covers the messages of many sessions.
+Small batches are written from the event loop; large ones, segment creation and deletion
+use a worker thread.
 
 On-disk format (version 1). The directory holds ``seg-<20-digit number>.log`` files;
 lexical order is creation order. A segment is a sequence of records::
@@ -55,6 +57,7 @@ from typing import BinaryIO
 from postbote.envelope import Envelope
 from postbote.errors import SpoolError, SpoolFull
 from postbote.fsutil import fsync_path
+from postbote.spool_sync import SyncHelper
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ DONE = 2
 _HEADER = struct.Struct("<BBII")
 _U32 = struct.Struct("<I")
 PREFILL = 4 << 20  # bytes of zeros kept ahead of the last record (see Spool._append)
+_INLINE_WRITE = 256 << 10  # larger batches are written by the worker thread (Spool._write)
 _SPACE_TTL = 0.1  # seconds a has_space() measurement is reused
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEGMENT_RE = re.compile(r"seg-(\d{20})\.log")
@@ -198,8 +202,10 @@ class Spool:
         self._closing = False
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
+        self._syncer: SyncHelper | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._id_random = "".join(_ID_ALPHABET[b & 31] for b in os.urandom(6))
         self._id_last_us = 0
         self._id_counter = 0
@@ -312,10 +318,12 @@ class Spool:
         """Open a new segment for appending and start the committer task."""
         if not self._recovered or self._task is not None or self._closing:
             raise SpoolError("start() needs recover() first and may be called once")
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="spool-commit")
+        self._syncer = SyncHelper()
         self._wake = asyncio.Event()
         try:
+            await self._syncer.start()
             await self._rotate()
         except OSError as exc:
             raise _spool_error(exc) from exc
@@ -329,6 +337,8 @@ class Spool:
         if self._task is not None and self._wake is not None:
             self._wake.set()
             await self._task
+        if self._syncer is not None:
+            await self._syncer.close()
         if self._executor is not None:
             active = self._active
             if active is not None and active.fd >= 0:
@@ -352,14 +362,14 @@ class Spool:
         caller is cancelled while waiting, the message counts as not accepted (its sender
         saw no "250"): a record already written is marked done at once.
         """
-        if self._task is None or self._closing or self._wake is None:
+        if self._task is None or self._closing or self._wake is None or self._loop is None:
             raise SpoolError("spool is not running")
         msg_id = envelope.id
         if not msg_id or msg_id in self._where or msg_id in self._inflight:
             raise SpoolError(f"invalid or duplicate spool id {msg_id!r}")
         env = envelope.to_json()
         record = encode_record(MESSAGE, _U32.pack(len(env)), env, body)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._pending.append(_Pending(MESSAGE, msg_id, record, future))
         self._inflight.add(msg_id)
         self._wake.set()
@@ -387,14 +397,18 @@ class Spool:
     def has_space(self, needed: int = 0) -> bool:
         """True if the spool's filesystem keeps ``min_free_space`` after ``needed`` bytes.
 
-        The free space is measured at most every ``_SPACE_TTL`` seconds (this runs for
-        every MAIL); the committer checks again before every write, and a write that
-        fails for lack of space is refused with SpoolFull anyway."""
+        This runs for every MAIL and every batch, so the free space is measured at most
+        every ``_SPACE_TTL`` seconds and the spool's own writes are subtracted meanwhile;
+        anything else filling the disk faster than that makes the write fail with ENOSPC,
+        which is refused with SpoolFull too."""
+        return self._free_space() - needed >= self._min_free
+
+    def _free_space(self) -> int:
         now = time.monotonic()
         if now - self._space_at > _SPACE_TTL:
             st = os.statvfs(self._dir)
             self._free, self._space_at = st.f_bavail * st.f_frsize, now
-        return self._free - needed >= self._min_free
+        return self._free
 
     @property
     def pending_count(self) -> int:
@@ -427,7 +441,6 @@ class Spool:
         batch = [p for p in batch if p.future is None or not p.future.done()]
         if not batch:
             return
-        loop = asyncio.get_running_loop()
         try:
             seg = await self._ensure_segment()
             kept = self._fits(batch)
@@ -435,12 +448,13 @@ class Spool:
             # DONE records need no sync of their own (module docstring).
             sync = any(p.kind == MESSAGE for p, keep in zip(batch, kept, strict=True) if keep)
             if data:
-                await loop.run_in_executor(self._executor, self._append, seg, data, sync)
+                await self._write(seg, data, sync=sync)
         except OSError as exc:
             self._deferred_done.extend(p for p in batch if p.kind == DONE)
             _fail(batch, _spool_error(exc))
             return
         seg.size += len(data)
+        self._free -= len(data)
         orphans: list[str] = []
         for p, keep in zip(batch, kept, strict=True):
             if p.kind == DONE:
@@ -461,13 +475,8 @@ class Spool:
             await self._delete_done_segments()
 
     def _fits(self, batch: list[_Pending]) -> list[bool]:
-        """Which records to write: messages only while ``min_free_space`` stays free.
-
-        One statvfs per batch, on the event loop (a few µs), so the worker thread needs
-        the GIL as rarely as possible.
-        """
-        st = os.statvfs(self._dir)
-        budget = st.f_bavail * st.f_frsize - self._min_free
+        """Which records to write: messages only while ``min_free_space`` stays free."""
+        budget = self._free_space() - self._min_free
         kept: list[bool] = []
         for p in batch:
             keep = p.kind == DONE or len(p.record) <= budget
@@ -475,12 +484,36 @@ class Spool:
             kept.append(keep)
         return kept
 
-    def _append(self, seg: _Segment, data: bytes, sync: bool) -> None:
-        """Worker thread: one write and one fdatasync; roll back on failure.
+    async def _write(self, seg: _Segment, data: bytes, *, sync: bool) -> None:
+        """Append one batch, then (if ``sync``) have the sync helper make it durable.
 
-        The segment is zero-filled ``PREFILL`` bytes ahead of the records, so most
-        syncs only write data into blocks the file already owns: no size change, no
-        journal commit, about half the latency of a sync that grows the file."""
+        A small batch is written from the event loop: into the page cache, a few µs, and
+        no hand-off to the worker thread (see spool_sync.py for why that matters). A large
+        one, or one that needs the zero-filled end extended, is written by the thread. A
+        failed write or sync is cut off again, so the journal stays valid."""
+        loop = asyncio.get_running_loop()
+        if seg.size + len(data) > seg.filled or len(data) > _INLINE_WRITE:
+            await loop.run_in_executor(self._executor, self._append, seg, data)
+        else:
+            try:
+                _pwrite_all(seg.fd, data, seg.size)
+            except OSError:
+                await loop.run_in_executor(self._executor, self._roll_back, seg)
+                raise
+        if sync:
+            assert self._syncer is not None
+            try:
+                await self._syncer.sync(seg.fd)
+            except OSError:
+                await loop.run_in_executor(self._executor, self._roll_back, seg)
+                raise
+
+    def _append(self, seg: _Segment, data: bytes) -> None:
+        """Worker thread: write a batch, zero-filling ``PREFILL`` bytes ahead of it.
+
+        With the zeros in place, most syncs only write data into blocks the file already
+        owns: no size change, no journal commit, about half the latency of a sync that
+        grows the file. The zeros are synced with the batch."""
         try:
             end = seg.size + len(data)
             if end > seg.filled:
@@ -488,8 +521,6 @@ class Spool:
                 _pwrite_all(seg.fd, bytes(target - seg.filled), seg.filled)
                 seg.filled = target
             _pwrite_all(seg.fd, data, seg.size)
-            if sync:
-                os.fdatasync(seg.fd)
         except OSError:
             self._roll_back(seg)
             raise

@@ -104,14 +104,14 @@ def _sigkill(server: ServerProcess, *, worker: bool = False) -> None:
     assert server.proc is not None
     workers = child_processes(server.proc.pid, "postbote.queue.worker")
     assert len(workers) == 1, f"expected one delivery worker, found {workers}"
-    helpers = child_processes(server.proc.pid)  # the worker and the outbound process
+    helpers = child_processes(server.proc.pid)  # worker, outbound, spool sync helper
     if worker:
         os.kill(workers[0], signal.SIGKILL)
     server.kill()
     wait_for(
         lambda: not any(_running(p) for p in helpers),
         ORPHAN_DEADLINE,
-        "the delivery worker and outbound process of a killed server to exit",
+        "the child processes of a killed server to exit",
     )
 
 

@@ -1002,6 +1002,15 @@ def test_rejections_count_towards_the_error_budget() -> None:
     assert r.conn.closed
 
 
+def test_transient_refusals_do_not_count_towards_the_error_budget() -> None:
+    """A 452 4.3.1 (disk full) is the server's trouble, not the client's: no 421."""
+    full = Reply.make(452, "4.3.1", "Insufficient system storage")
+    policy = Policy(reject_rcpts=frozenset({"bob@example.net"}), rcpt_reply=full)
+    r = run_all_chunkings(EHLO + MAIL + RCPT * 4 + b"NOOP\r\n", policy, settings(max_errors=3))
+    assert r.codes[-5:] == ["452 4.3.1"] * 4 + ["250 2.0.0"]
+    assert not r.conn.closed
+
+
 def test_error_budget_counts_every_kind_of_error() -> None:
     stream = b"FROB\r\nMAIL FROM:<a@b.c>\r\nEXPN x\r\nEHLO\r\n" + b"NOOP " + b"x" * 3000 + b"\r\n"
     r = run_all_chunkings(stream + b"NOOP\r\n", config=settings(max_errors=5))

@@ -338,7 +338,9 @@ class ServerConnection:
         self._send(reply)
         if isinstance(ev, MessageComplete):
             self._end_transaction()
-        elif not isinstance(ev, StartTlsRequested):
+        elif reply.code >= 500 and not isinstance(ev, StartTlsRequested):
+            # A 4xx is the server's own passing trouble (disk full, DNS time-out): the
+            # client did nothing wrong, and may retry without being cut off.
             self._count_error()
         self._shutdown_if_idle()
 
