@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,12 @@ def test_ids_are_unique_sortable_and_filename_safe(tmp_path: Path) -> None:
     assert all(re.fullmatch(r"[0-9A-Za-z]{21}", i) for i in ids)
     other = b.new_id()
     assert other not in ids and other[:11] >= ids[-1][:11]  # time prefix orders across spools
+    # The parts are base32hex numbers: the time in µs, and a counter within one µs.
+    before = time.time_ns() // 1000
+    fresh = a.new_id()
+    assert before <= int(fresh[:11], 32) <= time.time_ns() // 1000 + 1
+    same = [int(i[17:], 32) for i in ids if i[:11] == ids[-1][:11]]
+    assert same == list(range(len(same)))
 
 
 def test_concurrent_accepts_share_fdatasyncs(

@@ -3,6 +3,7 @@ names, RFC 6531 §4.3 UTF8SMTP), Return-Path and Delivered-To at final delivery.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -17,6 +18,7 @@ def protocol_name(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+@functools.lru_cache(maxsize=4096)  # parsed once per client address, not per message
 def ip_literal(ip: str) -> str:
     """RFC 5321 §4.1.3 address literal for a client IP."""
     try:

@@ -39,6 +39,7 @@ unlink is followed by a directory fsync, so a crash cannot resurrect a message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import errno
 import fcntl
@@ -71,7 +72,7 @@ _INLINE_WRITE = 256 << 10  # larger batches are written by the worker thread (Sp
 _SPACE_TTL = 0.1  # seconds a has_space() measurement is reused
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _SEGMENT_RE = re.compile(r"seg-(\d{20})\.log")
-_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # ascending in ASCII: ids sort by time
+_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # RFC 4648 base32hex: ids sort by time
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +227,10 @@ class Spool:
         else:
             self._id_counter = 0
         self._id_last_us = now
-        return _b32(now, 11) + self._id_random + _b32(self._id_counter, 4)
+        # 11 base32hex digits of ``now`` and 4 of the counter, from one encoding of 80
+        # bits whose top 5 are zero (``now`` fits in 55 bits until the year 3111).
+        digits = base64.b32hexencode(((now << 20) | self._id_counter).to_bytes(10, "big"))
+        return digits[1:12].decode() + self._id_random + digits[12:].decode()
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -641,11 +645,3 @@ def _fail(batch: list[_Pending], exc: SpoolError) -> None:
     for p in batch:
         if p.future is not None and not p.future.done():
             p.future.set_exception(exc)
-
-
-def _b32(value: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        value, digit = divmod(value, 32)
-        chars.append(_ID_ALPHABET[digit])
-    return "".join(reversed(chars))

@@ -70,6 +70,8 @@ class MessageReader:
     def error(self) -> DataError | None:
         """The error to report. Chosen by a fixed priority, so it does not depend on
         how the input was chunked."""
+        if not self._errors:
+            return None
         for err in _PRIORITY:
             if err in self._errors:
                 return err
@@ -148,7 +150,7 @@ class MessageReader:
             self._errors.add(DataError.LINE_TOO_LONG)
 
     def _append(self, run: bytes) -> None:
-        if DataError.TOO_BIG in self._errors:
+        if self._errors and DataError.TOO_BIG in self._errors:
             return
         if len(self.body) + len(run) > self.max_size:
             self._errors.add(DataError.TOO_BIG)

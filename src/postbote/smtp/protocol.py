@@ -81,6 +81,10 @@ class Phase(enum.Enum):
     RCPT = "RCPT"
     BDAT = "BDAT"
 
+    # Members are singletons compared by identity: hash them so too (Enum's own
+    # __hash__ is Python code, and each command looks its phase up in a set).
+    __hash__ = object.__hash__
+
 
 class Mode(enum.Enum):
     COMMAND = "COMMAND"
