@@ -330,6 +330,7 @@ class Spool:
             await self._syncer.start()
             await self._rotate()
         except OSError as exc:
+            await self._syncer.close()
             raise _spool_error(exc) from exc
         self._task = loop.create_task(self._committer(), name="spool-committer")
 

@@ -14,8 +14,8 @@ The helper keeps no state: each request carries its descriptor, which the helper
 after the sync. If it dies, the requests in flight fail (the spool rolls the batch back
 and its senders get a 4xx reply) and the next request starts a new helper.
 
-Wire format, one SOCK_SEQPACKET message each way: request ``b"S"`` with one descriptor;
-reply 4 bytes, the errno as u32 little-endian.
+The helper is ``python -m postbote.spool_syncd`` (a few standard modules only, so it
+stays small); the wire format is described there.
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import collections
 import errno
 import logging
 import os
-import signal
 import socket
-import struct
 import sys
 
-log = logging.getLogger(__name__)
+from postbote.spool_syncd import ERRNO as _ERRNO
+from postbote.spool_syncd import REQUEST as _REQUEST
 
-_ERRNO = struct.Struct("<I")
-_REQUEST = b"S"
+log = logging.getLogger(__name__)
 
 
 class SyncHelper:
@@ -63,7 +61,7 @@ class SyncHelper:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                __name__,
+                "postbote.spool_syncd",
                 str(theirs.fileno()),
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -147,38 +145,3 @@ class SyncHelper:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-
-
-def serve(sock: socket.socket) -> None:
-    """The helper: answer sync requests until the other end closes."""
-    while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(sock, 16, 1)
-        except OSError:
-            return  # the spool's process is gone
-        if not msg:
-            return
-        code = errno.EINVAL
-        for fd in fds:
-            if msg == _REQUEST:
-                try:
-                    os.fdatasync(fd)
-                    code = 0
-                except OSError as exc:
-                    code = exc.errno or errno.EIO
-            os.close(fd)
-        try:
-            sock.send(_ERRNO.pack(code))
-        except OSError:
-            return  # the spool's process is gone
-
-
-def main() -> None:
-    # Like the delivery worker: the spool's process decides when to stop (EOF here).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    serve(socket.socket(fileno=int(sys.argv[1])))
-
-
-if __name__ == "__main__":
-    main()
