@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,66 @@ def test_worker_queues_remote_and_unwritable_mailboxes(store: SqliteStore, tmp_p
         ("ID0001", "ext@remote.test"),
         ("ID0002", "alice@example.test"),
     ]
+
+
+def _deliver(store: SqliteStore, data_dir: Path, *rcpts: Recipient) -> SpooledMessage:
+    m = message(7)
+    m = SpooledMessage(replace(m.envelope, recipients=rcpts), m.body)
+    deliverer = Deliverer(directory=store, queue=store, data_dir=data_dir, hostname="mx.test")
+    assert deliverer.deliver([(m, True)]) == (["ID0007"], [])
+    return m
+
+
+def _queued_params(store: SqliteStore, address: str) -> Recipient:
+    (rcpt,) = [r for r in store.show("ID0007").envelope.recipients if r.address == address]
+    return rcpt
+
+
+def test_alias_targets_in_the_queue_keep_the_senders_dsn_parameters(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    """RFC 3461 for aliases: the remote target inherits NOTIFY (without SUCCESS) and the
+    ORCPT, or the alias address as one; the sender's SUCCESS request is answered with an
+    "expanded" report for the alias."""
+    store.add_alias("team@example.test", ["alice@example.test", "ext@remote.test"])
+    _deliver(store, tmp_path, Recipient("team@example.test", notify=("SUCCESS", "FAILURE")))
+    assert _queued_params(store, "ext@remote.test") == Recipient(
+        "ext@remote.test", notify=("FAILURE",), orcpt="rfc822;team@example.test"
+    )
+    (report_id,) = {e.message_id for e in store.list_queue()} - {"ID0007"}
+    report = email.message_from_bytes(store.queued_body(report_id))
+    fields = report.get_payload()[1].get_payload()[1]  # the per-recipient block
+    assert fields["Action"] == "expanded" and fields["Final-Recipient"].endswith(
+        "team@example.test"
+    )
+
+
+@pytest.mark.parametrize(
+    ("notify", "orcpt", "expected"),
+    [
+        (("NEVER",), None, Recipient("ext@remote.test", ("NEVER",), "rfc822;list@example.test")),
+        (("SUCCESS",), "rfc822;x@y", Recipient("ext@remote.test", ("NEVER",), "rfc822;x@y")),
+        (None, None, Recipient("ext@remote.test", None, "rfc822;list@example.test")),
+    ],
+)
+def test_alias_target_notify_and_orcpt(
+    store: SqliteStore,
+    tmp_path: Path,
+    notify: tuple[str, ...] | None,
+    orcpt: str | None,
+    expected: Recipient,
+) -> None:
+    store.add_alias("list@example.test", ["ext@remote.test"])
+    _deliver(store, tmp_path, Recipient("list@example.test", notify=notify, orcpt=orcpt))
+    assert _queued_params(store, "ext@remote.test") == expected
+    reports = {e.message_id for e in store.list_queue()} - {"ID0007"}
+    assert len(reports) == (1 if notify == ("SUCCESS",) else 0)
+
+
+def test_a_recipient_given_directly_keeps_its_own_dsn_parameters(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    store.add_alias("list@example.test", ["ext@remote.test"])
+    own = Recipient("ext@remote.test", notify=("DELAY",), orcpt="rfc822;own@x")
+    _deliver(store, tmp_path, own, Recipient("list@example.test", notify=("NEVER",)))
+    assert _queued_params(store, "ext@remote.test") == own

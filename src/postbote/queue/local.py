@@ -20,7 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from postbote.envelope import Envelope, Recipient
@@ -44,9 +44,13 @@ class _Plan:
     items: list[MaildirItem] = field(default_factory=list)
     remote: list[str] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)
-    success: list[Recipient] = field(default_factory=list)  # asked for NOTIFY=SUCCESS
+    # Asked for NOTIFY=SUCCESS: the recipient and the report's action ("delivered" into
+    # mailboxes, "expanded" when an alias also forwards elsewhere).
+    success: list[tuple[Recipient, str]] = field(default_factory=list)
     mailboxes: list[str] = field(default_factory=list)  # the mailbox of each item
     stuck: list[str] = field(default_factory=list)  # mailboxes whose delivery failed
+    # Addresses an alias expanded to, with the envelope recipient they came from.
+    origin: dict[str, Recipient] = field(default_factory=dict)
 
 
 _mailbox_root = functools.lru_cache(maxsize=4096)(mailbox_root)
@@ -123,6 +127,8 @@ class Deliverer:
                 if mailbox in seen:
                     continue
                 seen.add(mailbox)
+                if mailbox != rcpt.address:
+                    plan.origin.setdefault(mailbox, rcpt)
                 plan.mailboxes.append(mailbox)
                 plan.items.append(
                     MaildirItem(
@@ -133,10 +139,15 @@ class Deliverer:
                         fresh=fresh,
                     )
                 )
-            plan.remote.extend(r for r in res.remote if r not in plan.remote)
-            # RFC 3461 §5.2.3: delivered to a mailbox, reported if the sender asked.
-            if res.mailboxes and env.sender and rcpt.notify and "SUCCESS" in rcpt.notify:
-                plan.success.append(rcpt)
+            for address in res.remote:
+                if address not in plan.remote:
+                    plan.remote.append(address)
+                    plan.origin.setdefault(address, rcpt)
+            # RFC 3461 §5.2.3: delivered to a mailbox, reported if the sender asked; an
+            # alias that also forwards elsewhere is "expanded" (RFC 3464 §2.3.3).
+            wants = env.sender and rcpt.notify and "SUCCESS" in rcpt.notify
+            if wants and (res.mailboxes or res.remote):
+                plan.success.append((rcpt, "expanded" if res.remote else "delivered"))
         return plan
 
     def _enqueue(self, plans: list[_Plan]) -> bool:
@@ -152,7 +163,7 @@ class Deliverer:
         for p in plans:
             if p.remote or p.unresolved or p.stuck:
                 rcpts = p.remote + p.unresolved + p.stuck
-                items.append((p.message.envelope, p.message.body, rcpts))
+                items.append((_queued_envelope(p, rcpts), p.message.body, rcpts))
             if p.success:
                 items.append(self._success_report(p.message, p.success))
         try:
@@ -164,12 +175,13 @@ class Deliverer:
         return True
 
     def _success_report(
-        self, message: SpooledMessage, rcpts: list[Recipient]
+        self, message: SpooledMessage, rcpts: list[tuple[Recipient, str]]
     ) -> tuple[Envelope, bytes, Sequence[str]]:
-        """A "delivered" DSN (RFC 3464) to the sender, queued like any mail from <>. Its
-        id derives from the message's, so a redelivery after a crash queues it once."""
+        """A "delivered" or "expanded" DSN (RFC 3464) to the sender, queued like any mail
+        from <>. Its id derives from the message's, so a redelivery after a crash queues
+        it once."""
         env, now = message.envelope, time.time()
-        text = "delivered " + " ".join(r.address for r in rcpts)
+        text = " ".join(f"{action} {r.address}" for r, action in rcpts)
         dsn_id = f"{env.id}-{hashlib.blake2s(text.encode(), digest_size=6).hexdigest()}"
         report = build_dsn(
             envelope=env,
@@ -177,13 +189,13 @@ class Deliverer:
             recipients=[
                 DsnRecipient(
                     recipient=r.address,
-                    action="delivered",
+                    action=action,
                     status="2.0.0",
-                    diagnostic="250 2.0.0 delivered to the mailbox",
+                    diagnostic=_SUCCESS_DIAGNOSTIC[action],
                     orcpt=r.orcpt,
                     last_attempt=now,
                 )
-                for r in rcpts
+                for r, action in rcpts
             ],
             reporting_mta=self.hostname,
             now=now,
@@ -192,3 +204,33 @@ class Deliverer:
         report = sign_message(self.dkim_keys, report)  # issue 6 §2: DSNs are signed too
         dsn_env = report_envelope(dsn_id=dsn_id, to=env.sender, report=report, now=now)
         return dsn_env, report, [env.sender]
+
+
+_SUCCESS_DIAGNOSTIC = {
+    "delivered": "250 2.0.0 delivered to the mailbox",
+    "expanded": "250 2.0.0 alias expanded; its addresses are reported on their own",
+}
+
+
+def _queued_envelope(plan: _Plan, queued: Sequence[str]) -> Envelope:
+    """The envelope stored with queued recipients. An address an alias expanded to gets
+    DSN parameters from the recipient it came from, as RFC 3461 allows for aliases with
+    several targets (Postfix does the same): its NOTIFY without SUCCESS (that one is
+    answered here with an "expanded" report), and its ORCPT, or its address as one, so
+    that a bounce names the address the sender used."""
+    env = plan.message.envelope
+    known = {r.address for r in env.recipients}
+    extra = tuple(
+        _forwarded(plan.origin[address], address)
+        for address in queued
+        if address not in known and address in plan.origin
+    )
+    return replace(env, recipients=env.recipients + extra) if extra else env
+
+
+def _forwarded(rcpt: Recipient, address: str) -> Recipient:
+    notify = rcpt.notify
+    if notify is not None and notify != ("NEVER",):
+        notify = tuple(k for k in notify if k != "SUCCESS") or ("NEVER",)
+    orcpt = rcpt.orcpt or ("rfc822;" if rcpt.address.isascii() else "utf-8;") + rcpt.address
+    return Recipient(address, notify=notify, orcpt=orcpt)
