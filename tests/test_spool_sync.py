@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ import pytest
 from postbote.envelope import Envelope
 from postbote.errors import SpoolError
 from postbote.spool import Spool
-from postbote.spool_sync import SyncHelper
+from postbote.spool_sync import RESTART_DELAY, SyncHelper
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,3 +122,38 @@ def test_spool_survives_its_helper_being_killed(tmp_path: Path) -> None:
         assert [m.envelope.id for m in spool.recover()] == acked
     finally:
         asyncio.run(spool.close())
+
+
+def test_a_spool_whose_helper_cannot_run_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked at start, so the server stops with an error instead of refusing all mail."""
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # exits at once
+
+    async def run() -> None:
+        spool = Spool(tmp_path)
+        spool.recover()
+        with pytest.raises(SpoolError):
+            await spool.start()
+
+    asyncio.run(run())
+
+
+def test_a_helper_that_keeps_dying_is_restarted_once_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> float:
+        helper = SyncHelper()
+        await helper.start()
+        monkeypatch.setattr(sys, "executable", "/bin/false")
+        loop = asyncio.get_running_loop()
+        await _kill(helper)
+        begin = loop.time()
+        for _ in range(3):
+            with contextlib.suppress(OSError):
+                await helper.sync(0)
+        elapsed = loop.time() - begin
+        await helper.close()
+        return elapsed
+
+    assert asyncio.run(run()) >= 2 * RESTART_DELAY * 0.9

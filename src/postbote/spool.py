@@ -328,6 +328,7 @@ class Spool:
         self._wake = asyncio.Event()
         try:
             await self._syncer.start()
+            await self._syncer.sync(self._lock_fd)  # the helper works (or the server stops)
             await self._rotate()
         except OSError as exc:
             await self._syncer.close()

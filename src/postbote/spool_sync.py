@@ -32,6 +32,7 @@ from postbote.spool_syncd import ERRNO as _ERRNO
 from postbote.spool_syncd import REQUEST as _REQUEST
 
 log = logging.getLogger(__name__)
+RESTART_DELAY = 1.0  # seconds between starts of the helper
 
 
 class SyncHelper:
@@ -45,6 +46,7 @@ class SyncHelper:
         self._proc: asyncio.subprocess.Process | None = None
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = 0.0  # loop time of the last start
         self._closed = False
 
     async def start(self) -> None:
@@ -53,9 +55,14 @@ class SyncHelper:
             raise OSError(errno.EBADF, "sync helper is closed")
         if self._sock is not None:
             return
+        self._loop = loop = asyncio.get_running_loop()
         if self._proc is not None:  # one that died: its socket is closed, it exits
             await self._proc.wait()
-        self._loop = loop = asyncio.get_running_loop()
+            # One that keeps dying (it cannot even start, say) is replaced once a second.
+            delay = self._started + RESTART_DELAY - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        self._started = loop.time()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await asyncio.create_subprocess_exec(
