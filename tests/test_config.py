@@ -306,6 +306,10 @@ ERRORS = [
     ),
     ("[spool]\nmin_free_space = -1", "t.toml: spool.min_free_space: must be at least 0, got -1"),
     (
+        "[limits]\nmax_message_size = 2000\nmax_message_memory = 1000",
+        "t.toml: limits.max_message_memory: must be at least max_message_size (2000), got 1000",
+    ),
+    (
         '[smtp]\nbare_newlines = "strip"',
         't.toml: smtp.bare_newlines: must be one of "reject", "normalize", got "strip"',
     ),

@@ -33,7 +33,7 @@ from postbote.pop3.server import Pop3Server
 from postbote.queue.dispatch import LocalDelivery
 from postbote.queue.runner import OutboundProcess, make_resolver
 from postbote.smtp.protocol import ServerSettings
-from postbote.smtp.server import SmtpServer
+from postbote.smtp.server import BodyMemory, SmtpServer
 from postbote.spool import Spool
 from postbote.store.sqlite import SqliteStore
 from postbote.tls import ensure_certificate, server_context
@@ -138,6 +138,7 @@ class App:
             authserv_id=authserv_id,
         )
         started = False
+        body_memory = BodyMemory(c.limits.max_message_memory)  # shared by all listeners
         try:
             for kind in _KINDS:
                 addresses: tuple[ListenAddress, ...] = getattr(c.listen, kind.name)
@@ -151,6 +152,7 @@ class App:
                     implicit_tls=kind.implicit_tls,
                     max_connections=c.limits.max_connections,
                     max_connections_per_ip=c.limits.max_connections_per_ip,
+                    body_memory=body_memory,
                 )
                 self.servers.append(server)
                 for addr in addresses:

@@ -175,6 +175,8 @@ class LimitsConfig:
     max_recipients: int = field(default=1000, metadata=_at_least(100, " (RFC 5321 §4.5.3.1.8)"))
     max_connections: int = field(default=1000, metadata=_greater_than(0))
     max_connections_per_ip: int = field(default=50, metadata=_greater_than(0))
+    # All message bodies held in memory at once (arriving, or waiting for the spool).
+    max_message_memory: int = field(default=256 * 1024 * 1024, metadata=_greater_than(0))
     max_errors: int = field(default=10, metadata=_greater_than(0))
     command_timeout: float = field(default=300.0, metadata=_greater_than(0))  # RFC 5321 §4.5.3.2.7
     data_timeout: float = field(default=180.0, metadata=_greater_than(0))  # RFC 5321 §4.5.3.2.5
@@ -378,10 +380,20 @@ def _tls_problem(tls: TlsConfig) -> tuple[str, str] | None:
     return None
 
 
+def _limits_problem(limits: LimitsConfig) -> tuple[str, str] | None:
+    if limits.max_message_memory < limits.max_message_size:
+        return "max_message_memory", (
+            f"must be at least max_message_size ({limits.max_message_size}), "
+            f"got {limits.max_message_memory}"
+        )
+    return None
+
+
 # Rules across the fields of one section: (key within the section, what is wrong) or None.
 _SECTION_CHECKS: dict[type[Any], Callable[[Any], tuple[str, str] | None]] = {
     ListenConfig: _listen_problem,
     TlsConfig: _tls_problem,
+    LimitsConfig: _limits_problem,
 }
 
 

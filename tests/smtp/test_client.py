@@ -54,7 +54,7 @@ from postbote.smtp.client_data import (
 from postbote.smtp.events import AuthRequested, AuthResponse, MailFrom, RcptTo
 from postbote.smtp.protocol import ServerConnection, ServerSettings
 from postbote.smtp.replies import C550_MAILBOX_UNAVAILABLE, Reply
-from postbote.smtp.server import SessionInfo, SmtpServer
+from postbote.smtp.server import BodyMemory, SessionInfo, SmtpServer
 from tests.integration.conftest import require_tool
 
 HELO = "client.example"
@@ -1329,6 +1329,7 @@ async def _loopback_session(
         implicit_tls=implicit_tls,
         max_connections=10,
         max_connections_per_ip=10,
+        body_memory=BodyMemory(2**20),
     )
     tls = server_ctx if implicit_tls else None
     listener = await asyncio.get_running_loop().create_server(

@@ -1322,3 +1322,62 @@ def test_first_data_error_does_not_depend_on_chunking() -> None:
 def test_auth_without_mechanism_is_a_syntax_error() -> None:
     r = run_all_chunkings(EHLO + b"AUTH\r\n", config=AUTH_TLS)
     assert r.codes[-1] == "501 5.5.4"
+
+
+# -- memory for message bodies (the glue's budget: drop_message) ------------------------
+
+
+def test_dropped_data_message_is_read_to_its_end_and_refused_452() -> None:
+    s = Session()
+    s.feed(TXN + b"DATA\r\n" + b"line one\r\n" * 50)
+    assert s.conn.body_size == 500
+    s.conn.drop_message()
+    assert s.conn.body_size == 0
+    out = s.feed(b"line two\r\n" * 50 + b".\r\n")
+    assert [reply_code(r) for r in split_replies(out)] == ["452 4.3.1"]
+    assert s.conn.body_size == 0
+    assert not [e for e in s.events if isinstance(e, MessageComplete)]
+    # The session goes on, and the next message is kept.
+    out = s.feed(MAIL + RCPT + b"DATA\r\nkept\r\n.\r\n")
+    assert [reply_code(r) for r in split_replies(out)][-1] == "250 2.0.0"
+    assert [e.body for e in s.events if isinstance(e, MessageComplete)] == [b"kept\r\n"]
+    assert s.conn.errors == 0  # the client did nothing wrong
+
+
+def test_a_permanent_error_wins_over_a_dropped_body() -> None:
+    s = Session(settings(max_message_size=100))
+    s.feed(TXN + b"DATA\r\n" + b"x" * 80 + b"\r\n")
+    s.conn.drop_message()
+    out = s.feed(b"y" * 80 + b"\r\n.\r\n")
+    assert [reply_code(r) for r in split_replies(out)] == ["552 5.3.4"]
+
+
+def test_dropped_bdat_message_ends_at_its_next_chunk() -> None:
+    s = Session()
+    out = s.feed(TXN + b"BDAT 10\r\n0123456789")
+    assert reply_code(split_replies(out)[-1]) == "250 2.0.0"
+    assert s.conn.body_size == 10
+    s.conn.drop_message()
+    out = s.feed(b"BDAT 5\r\nabcde")  # read and discarded; the transaction is over
+    assert [reply_code(r) for r in split_replies(out)] == ["452 4.3.1"]
+    out = s.feed(b"BDAT 3 LAST\r\nxyz")
+    assert [reply_code(r) for r in split_replies(out)] == ["503 5.5.1"]
+    assert not [e for e in s.events if isinstance(e, MessageComplete)]
+
+
+@pytest.mark.parametrize("split", [1, 7, 4096])
+def test_bdat_dropped_inside_a_chunk_refuses_it_at_its_end(split: int) -> None:
+    s = Session()
+    s.feed(TXN + b"BDAT 20 LAST\r\n" + b"z" * 9)
+    s.conn.drop_message()
+    out = s.feed(b"z" * 11 + b"NOOP\r\n", chunk_size=split)
+    assert [reply_code(r) for r in split_replies(out)] == ["452 4.3.1", "250 2.0.0"]
+    assert not [e for e in s.events if isinstance(e, MessageComplete)]
+
+
+def test_drop_outside_a_message_changes_nothing() -> None:
+    s = Session()
+    s.feed(TXN)
+    s.conn.drop_message()
+    out = s.feed(b"DATA\r\nfine\r\n.\r\n")
+    assert [reply_code(r) for r in split_replies(out)][-1] == "250 2.0.0"

@@ -26,10 +26,18 @@ class DataError(enum.Enum):
     TOO_BIG = "too big"
     BARE_NEWLINE = "bare newline"
     LINE_TOO_LONG = "line too long"
+    NO_MEMORY = "no memory"  # dropped by the server (MessageReader.drop), not the input
 
 
-# Which error is reported when several apply.
-_PRIORITY = (DataError.TOO_BIG, DataError.BARE_NEWLINE, DataError.LINE_TOO_LONG)
+# Which error is reported when several apply: the permanent ones first, so that a client
+# does not retry a message that would be refused anyway.
+_PRIORITY = (
+    DataError.TOO_BIG,
+    DataError.BARE_NEWLINE,
+    DataError.LINE_TOO_LONG,
+    DataError.NO_MEMORY,
+)
+_DISCARDING = frozenset({DataError.TOO_BIG, DataError.NO_MEMORY})  # the body is gone
 
 
 def normalize_newlines(data: bytes) -> bytes:
@@ -55,6 +63,7 @@ class MessageReader:
         "body",
         "max_size",
         "normalize",
+        "size",
     )
 
     def __init__(self, max_size: int, normalize: bool) -> None:
@@ -65,6 +74,7 @@ class MessageReader:
         self._at_line_start = True  # the previous run ended with LF
         self._after_crlf = True  # the previous run ended with CRLF (raw bytes)
         self._line_len = 0  # length of the current partial text line
+        self.size = 0  # bytes of the message so far, kept or not
 
     @property
     def error(self) -> DataError | None:
@@ -76,6 +86,12 @@ class MessageReader:
             if err in self._errors:
                 return err
         return None
+
+    def drop(self) -> None:
+        """Free the body and keep reading to the end; the message is then refused as
+        NO_MEMORY (unless the input itself gives a permanent error)."""
+        self._errors.add(DataError.NO_MEMORY)
+        self.body = bytearray()
 
     def take_body(self) -> bytes:
         body = bytes(self.body)
@@ -150,9 +166,12 @@ class MessageReader:
             self._errors.add(DataError.LINE_TOO_LONG)
 
     def _append(self, run: bytes) -> None:
-        if self._errors and DataError.TOO_BIG in self._errors:
+        self.size += len(run)  # counted on after a drop(): TOO_BIG stays decidable
+        if self._errors and not _DISCARDING.isdisjoint(self._errors):
+            if self.size > self.max_size:
+                self._errors.add(DataError.TOO_BIG)
             return
-        if len(self.body) + len(run) > self.max_size:
+        if self.size > self.max_size:
             self._errors.add(DataError.TOO_BIG)
             self.body = bytearray()  # free it; keep reading to stay in sync
             return
@@ -165,7 +184,7 @@ class MessageReader:
 
     def finish_chunks(self) -> None:
         """Apply the newline policy to the assembled BDAT message."""
-        if DataError.TOO_BIG not in self._errors and has_bare_newline(self.body):
+        if _DISCARDING.isdisjoint(self._errors) and has_bare_newline(self.body):
             if self.normalize:
                 self.body = bytearray(normalize_newlines(bytes(self.body)))
             else:

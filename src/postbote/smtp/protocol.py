@@ -160,6 +160,7 @@ _DATA_ERROR_REPLY = {
     DataError.TOO_BIG: R.C552_MESSAGE_TOO_BIG,
     DataError.BARE_NEWLINE: R.C550_BARE_NEWLINE,
     DataError.LINE_TOO_LONG: R.C552_LINE_TOO_LONG,
+    DataError.NO_MEMORY: R.C452_INSUFFICIENT_STORAGE,  # RFC 5321 §4.2.3: try again later
 }
 
 
@@ -247,6 +248,19 @@ class ServerConnection:
     def buffered(self) -> int:
         """Input bytes received but not yet processed."""
         return len(self._buf)
+
+    @property
+    def body_size(self) -> int:
+        """Bytes of the message being received (DATA or BDAT), held in memory."""
+        return len(self._reader.body) if self._reader is not None else 0
+
+    def drop_message(self) -> None:
+        """The glue has no memory left for message bodies: free this message's body. The
+        rest of it is read and discarded, and its end answered with 452 4.3.1; a BDAT
+        transaction ends with the end of its current or next chunk (RFC 3030 §2). No
+        effect outside a message, or once its body was handed over."""
+        if self._reader is not None:
+            self._reader.drop()
 
     @property
     def closed(self) -> bool:
@@ -766,8 +780,9 @@ class ServerConnection:
             self._error(self._chunk_error)
             return True
         assert self._reader is not None
-        if self._reader.error is DataError.TOO_BIG:
-            self._send(R.C552_MESSAGE_TOO_BIG)  # RFC 3030 §2: refuse, transaction over
+        err = self._reader.error
+        if err is DataError.TOO_BIG or err is DataError.NO_MEMORY:
+            self._send(_DATA_ERROR_REPLY[err])  # RFC 3030 §2: refuse, transaction over
             self._end_transaction()
             return True
         if not self._chunk_last:

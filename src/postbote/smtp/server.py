@@ -42,6 +42,19 @@ log = logging.getLogger("postbote.smtp")
 _READ_HIGH_WATER = 256 * 1024
 
 
+class BodyMemory:
+    """The bytes of message bodies that the sessions of all listeners hold in memory:
+    while they arrive, and until the spool has them. A message whose growth takes the
+    total over ``limit`` is dropped (ServerConnection.drop_message: read to its end,
+    then 452 4.3.1), so that many large messages at once cannot exhaust memory."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 @dataclass(slots=True)
 class SessionInfo:
     """What the backend may know about the client of one session."""
@@ -91,8 +104,10 @@ class SmtpServer:
         implicit_tls: bool,
         max_connections: int,
         max_connections_per_ip: int,
+        body_memory: BodyMemory,
     ) -> None:
         self.kind = kind
+        self.body_memory = body_memory
         self.settings = settings
         self.backend = backend
         self.ssl_context = ssl_context
@@ -150,6 +165,8 @@ class SmtpSession(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_delivering",
+        "_held",
         "_task",
         "_timer",
         "_tls",
@@ -172,6 +189,8 @@ class SmtpSession(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._tls = TlsUpgrade()  # STARTTLS under way (see starttls.py)
+        self._held = 0  # this session's part of server.body_memory.held
+        self._delivering = 0  # bytes of the message being handed to the spool
 
     # -- asyncio.Protocol --------------------------------------------------------
 
@@ -204,6 +223,8 @@ class SmtpSession(asyncio.Protocol):
             return
         conn.receive_data(data, self.loop.time())
         self._pump()
+        if self._held or conn.body_size:
+            self._account()
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:
@@ -213,6 +234,7 @@ class SmtpSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._account(lost=True)  # what it was receiving is gone; a delivery holds its own
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -245,6 +267,8 @@ class SmtpSession(asyncio.Protocol):
                 conn.accept()
             elif type(ev) is MessageComplete:
                 self._flush()
+                self._delivering = len(ev.body)
+                self._account()
                 self._task = self.loop.create_task(self._deliver(ev.body))
                 break
             elif type(ev) is StartTlsRequested:
@@ -271,6 +295,27 @@ class SmtpSession(asyncio.Protocol):
         elif transport.is_reading() is False:
             transport.resume_reading()
 
+    def _account(self, *, lost: bool = False) -> None:
+        """Bring server.body_memory up to date with this session; drop the message being
+        received if its growth took the total over the limit."""
+        conn = self.conn
+        receiving = conn.body_size if conn is not None and not lost else 0
+        held = receiving + self._delivering
+        memory = self.server.body_memory
+        memory.held += held - self._held
+        grew = held > self._held
+        self._held = held
+        if grew and receiving and memory.held > memory.limit:
+            assert conn is not None
+            log.warning(
+                "message from %s dropped: bodies in memory over %d bytes",
+                self.info.client_ip if self.info is not None else "?",
+                memory.limit,
+            )
+            conn.drop_message()  # read to its end, then refused with 452 4.3.1
+            memory.held -= receiving
+            self._held -= receiving
+
     def _flush(self) -> None:
         assert self.conn is not None and self.transport is not None
         out = self.conn.data_to_send()
@@ -285,6 +330,9 @@ class SmtpSession(asyncio.Protocol):
         except Exception:
             log.exception("delivery to the spool failed")
             reply = R.C451_LOCAL_ERROR
+        finally:
+            self._delivering = 0
+            self._account(lost=self._closing)
         if conn.closed:
             return  # the client went away; the message is spooled or not, as decided
         if reply.code < 400:
