@@ -36,6 +36,7 @@ class LocalDelivery:
         self.data_dir = data_dir
         self.hostname = hostname
         self.delivered = 0  # messages completely handled (for tests and metrics)
+        self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid() call
         self._inflight: dict[str, SpooledMessage] = {}  # sent, not yet reported done
         self._outbox: list[bytes] = []
         self._attempts: dict[str, int] = {}
@@ -55,7 +56,7 @@ class LocalDelivery:
         await self._spawn()
 
     async def _spawn(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -86,7 +87,7 @@ class LocalDelivery:
             return  # the worker is restarting: it gets everything in flight again
         # Frames sent in one event-loop iteration go out in one write.
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush_outbox)
+            self._loop.call_soon(self._flush_outbox)
         self._outbox.append(frames.encode_message(message, fresh))
 
     def _flush_outbox(self) -> None:

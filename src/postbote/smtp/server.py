@@ -107,6 +107,7 @@ class SmtpServer:
         body_memory: BodyMemory,
     ) -> None:
         self.kind = kind
+        self.loop = asyncio.get_running_loop()  # looked up once, not per connection
         self.body_memory = body_memory
         self.settings = settings
         self.backend = backend
@@ -179,7 +180,7 @@ class SmtpSession(asyncio.Protocol):
 
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
-        self.loop = asyncio.get_running_loop()
+        self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.conn: ServerConnection | None = None
         self.info: SessionInfo | None = None
