@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
 from postbote.config import Config, load_config, parse_hostport
 from postbote.dns import DnsResolver, DnsTemporaryError, Resolver
 from postbote.errors import ConfigError, StoreError
-from postbote.process import die_with_parent
+from postbote.process import start_background_child
 from postbote.queue.outbound import Outbound
 from postbote.queue.remote import set_ca_file
 
@@ -101,15 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--parent", type=int, default=0, help="exit if this process dies")
     args = p.parse_args(argv)
-    if args.parent:
-        die_with_parent(args.parent)
-    # The server stops us by closing stdin; a Ctrl-C to the process group must not cut
-    # deliveries short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    start_background_child(args.parent)
     try:
         config = load_config(args.config)
         from postbote.app import loop_factory

@@ -11,14 +11,12 @@ stdin closes, after finishing what it has read.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import select
-import signal
 import sys
 from pathlib import Path
 
-from postbote.process import die_with_parent
+from postbote.process import start_background_child
 from postbote.queue import frames
 from postbote.queue.local import Deliverer
 from postbote.spool import SpooledMessage
@@ -81,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostname", required=True)
     p.add_argument("--parent", type=int, default=0, help="exit if this process dies")
     args = p.parse_args(argv)
-    if args.parent:
-        die_with_parent(args.parent)
-    # The server stops us by closing stdin once it has drained; a Ctrl-C or SIGTERM sent
-    # to the whole process group must not cut a batch short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    start_background_child(args.parent)
     data_dir: Path = args.data_dir
     store = SqliteStore(data_dir / "postbote.db", data_dir / "queue")
     try:
