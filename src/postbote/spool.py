@@ -497,22 +497,18 @@ class Spool:
         no hand-off to the worker thread (see spool_sync.py for why that matters). A large
         one, or one that needs the zero-filled end extended, is written by the thread. A
         failed write or sync is cut off again, so the journal stays valid."""
-        loop = asyncio.get_running_loop()
-        if seg.size + len(data) > seg.filled or len(data) > _INLINE_WRITE:
-            await loop.run_in_executor(self._executor, self._append, seg, data)
-        else:
-            try:
+        loop, syncer = self._loop, self._syncer
+        assert loop is not None and syncer is not None
+        try:
+            if seg.size + len(data) > seg.filled or len(data) > _INLINE_WRITE:
+                await loop.run_in_executor(self._executor, self._append, seg, data)
+            else:
                 _pwrite_all(seg.fd, data, seg.size)
-            except OSError:
-                await loop.run_in_executor(self._executor, self._roll_back, seg)
-                raise
-        if sync:
-            assert self._syncer is not None
-            try:
-                await self._syncer.sync(seg.fd)
-            except OSError:
-                await loop.run_in_executor(self._executor, self._roll_back, seg)
-                raise
+            if sync:
+                await syncer.sync(seg.fd)
+        except OSError:
+            await loop.run_in_executor(self._executor, self._roll_back, seg)
+            raise
 
     def _append(self, seg: _Segment, data: bytes) -> None:
         """Worker thread: write a batch, zero-filling ``PREFILL`` bytes ahead of it.
@@ -520,16 +516,12 @@ class Spool:
         With the zeros in place, most syncs only write data into blocks the file already
         owns: no size change, no journal commit, about half the latency of a sync that
         grows the file. The zeros are synced with the batch."""
-        try:
-            end = seg.size + len(data)
-            if end > seg.filled:
-                target = end + PREFILL
-                _pwrite_all(seg.fd, bytes(target - seg.filled), seg.filled)
-                seg.filled = target
-            _pwrite_all(seg.fd, data, seg.size)
-        except OSError:
-            self._roll_back(seg)
-            raise
+        end = seg.size + len(data)
+        if end > seg.filled:
+            target = end + PREFILL
+            _pwrite_all(seg.fd, bytes(target - seg.filled), seg.filled)
+            seg.filled = target
+        _pwrite_all(seg.fd, data, seg.size)
 
     def _roll_back(self, seg: _Segment) -> None:
         """Worker thread: cut a failed write off so the segment stays a valid journal."""

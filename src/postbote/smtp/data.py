@@ -167,15 +167,11 @@ class MessageReader:
 
     def _append(self, run: bytes) -> None:
         self.size += len(run)  # counted on after a drop(): TOO_BIG stays decidable
-        if self._errors and not _DISCARDING.isdisjoint(self._errors):
-            if self.size > self.max_size:
-                self._errors.add(DataError.TOO_BIG)
-            return
         if self.size > self.max_size:
             self._errors.add(DataError.TOO_BIG)
             self.body = bytearray()  # free it; keep reading to stay in sync
-            return
-        self.body += run
+        elif not self._errors or _DISCARDING.isdisjoint(self._errors):
+            self.body += run
 
     # -- BDAT --------------------------------------------------------------------
 
