@@ -191,7 +191,10 @@ def transactions(draw: st.DrawFn) -> Transaction:
 
 def converse(txs: list[Transaction], pipelining: bool) -> tuple[list[Event], list[MessageComplete]]:
     """Run the client against ServerConnection over an in-memory link until QUIT."""
-    server = Session(server_settings(), Policy(reject_rcpts=frozenset({"nobody@example.net"})))
+    # Up to 4 transactions of up to 4 refused recipients each: more refusals than the
+    # default error budget (10), which is not what this test is about.
+    config = server_settings(max_errors=100)
+    server = Session(config, Policy(reject_rcpts=frozenset({"nobody@example.net"})))
     client = ClientConnection(helo_name=HELO)
     to_client = server.output()
     todo = list(txs)
